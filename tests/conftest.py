@@ -1,0 +1,24 @@
+"""Shared pytest fixtures and options."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.docsite import DocSite, serve_site
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-goldens",
+        action="store_true",
+        default=False,
+        help="rewrite tests/golden/<case>.md from the converter instead of failing on a diff",
+    )
+
+
+@pytest.fixture
+def docsite() -> Iterator[DocSite]:
+    """A fresh local documentation site on 127.0.0.1 for crawler tests."""
+    yield from serve_site()

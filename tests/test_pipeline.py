@@ -1,0 +1,115 @@
+"""The pipeline as a user runs it: `dvc repro` in a copy of the repo against a real docs site
+(committed PostgreSQL pages) served on 127.0.0.1, with one local Prefect server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from tasks.services import run_prefect_server, serve_directory
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE_SITE = REPO / "tests" / "fixtures" / "sites" / "postgresql-15"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def copy_repo(dest: Path) -> None:
+    """The files a fresh clone would have (tracked and not-ignored), as a new git repo."""
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
+    for name in filter(None, files):
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, target)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    home = tmp_path_factory.mktemp("prefect-home")
+    old = os.environ.get("PREFECT_HOME")
+    os.environ["PREFECT_HOME"] = str(home)
+    try:
+        with run_prefect_server(port=free_port()) as api:
+            yield api
+    finally:
+        if old is None:
+            os.environ.pop("PREFECT_HOME")
+        else:
+            os.environ["PREFECT_HOME"] = old
+
+
+def run_dvc(repo: Path, api: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": api,
+        "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
+        "DVC_NO_ANALYTICS": "1",
+    }
+    return subprocess.run(
+        ["dvc", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_dvc_repro_twice_second_run_executes_nothing(tmp_path: Path, prefect_api: str) -> None:
+    repo = tmp_path / "repo"
+    copy_repo(repo)
+    with serve_directory(FIXTURE_SITE, port=free_port()) as site:
+        params = yaml.safe_load((repo / "params.yaml").read_text())
+        params["crawl"].update(start_urls=[site + "backup.html"], max_depth=None)
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+        first = run_dvc(repo, prefect_api, "repro")
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "Running stage 'crawl'" in first.stdout
+        assert "Running stage 'markdown'" in first.stdout
+
+        second = run_dvc(repo, prefect_api, "repro")
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert "Running stage" not in second.stdout
+        assert "didn't change, skipping" in second.stdout
+
+        # A forced re-crawl of the unchanged site leaves data/raw byte-identical,
+        # so the markdown stage has nothing to do.
+        forced = run_dvc(repo, prefect_api, "repro", "-f", "crawl")
+        assert forced.returncode == 0, forced.stdout + forced.stderr
+        after = run_dvc(repo, prefect_api, "status")
+        assert "changed" not in after.stdout, after.stdout
+
+    pages = sorted((repo / "data" / "markdown").glob("*.md"))
+    site_pages = list(FIXTURE_SITE.glob("*.html"))
+    assert len(pages) == len(site_pages)
+    assert any("pg_dump" in p.read_text() for p in pages)
+    crawl_report = yaml.safe_load((repo / "reports" / "crawl.json").read_text())
+    assert crawl_report["not_modified"] + crawl_report.get("unchanged", 0) >= len(site_pages)
+
+    runs = requests.post(f"{prefect_api}/flow_runs/filter", json={}, timeout=10).json()
+    states = sorted((r["name"], r["state_type"]) for r in runs)
+    flow_names = {
+        f["id"]: f["name"]
+        for f in requests.post(f"{prefect_api}/flows/filter", json={}, timeout=10).json()
+    }
+    ran = sorted(flow_names[r["flow_id"]] for r in runs if r["state_type"] == "COMPLETED")
+    assert ran == ["crawl", "crawl", "markdown"], states
