@@ -317,10 +317,13 @@ def convert_page(
 
 
 def render_document(doc: MarkdownDoc, body: str) -> str:
-    """YAML front matter in field order, a blank line, then the body; one final newline."""
-    front = yaml.safe_dump(
-        doc.model_dump(mode="json"), sort_keys=False, allow_unicode=True, width=10_000
-    )
+    """YAML front matter in field order, a blank line, then the body; one final newline.
+
+    The reading order stays out: it lives in the stage's index.jsonl, so a page added
+    elsewhere on the site does not rewrite every file after it.
+    """
+    fields = doc.model_dump(mode="json", exclude={"order"})
+    front = yaml.safe_dump(fields, sort_keys=False, allow_unicode=True, width=10_000)
     body = body.strip("\n")
     return f"---\n{front}---\n" + (f"\n{body}\n" if body else "")
 

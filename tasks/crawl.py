@@ -96,6 +96,11 @@ class Context:
     old: dict[str, ManifestEntry]
     writer: ThreadPoolExecutor | None = None
     writes: list[Future[None]] = field(default_factory=list)
+    # Page files on disk or being written. Checked in memory rather than with a stat per page:
+    # a lookup that misses the dentry cache waits for the directory lock, which every file
+    # creation holds for its whole (on some filesystems, slow) inode allocation.
+    page_files: set[str] = field(default_factory=set)
+    page_files_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def robots_for(self, url: str) -> Robots:
         return self.robots.get(parse_origin(url), ALLOW_ALL)
@@ -274,13 +279,28 @@ def write_page_file(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def list_page_files(raw_dir: Path) -> set[str]:
+    folder = raw_dir / PAGES
+    return {f"{PAGES}/{name}" for name in os.listdir(folder)} if folder.is_dir() else set()
+
+
+def claim_page_file(ctx: Context, name: str) -> bool:
+    """True for the first caller with a file name not on disk yet: that caller writes it."""
+    with ctx.page_files_lock:
+        if name in ctx.page_files:
+            return False
+        ctx.page_files.add(name)
+        return True
+
+
 def store_body(ctx: Context, out: Outcome) -> Outcome:
     """Hash and store the body (in the worker: hashing and file I/O run outside the GIL)."""
     if out.body is not None:
         out.sha = content_sha(out.body)
-        path = ctx.raw_dir / page_file(out.sha)
-        if path.exists():
+        name = page_file(out.sha)
+        if not claim_page_file(ctx, name):
             return out
+        path = ctx.raw_dir / name
         if ctx.writer is None:
             write_page_file(path, out.body)
         else:  # creating files is slow on busy disks: overlap it with the next request
@@ -628,6 +648,7 @@ def crawl_site(
     try:
         ctx.fetcher.set_rate(prepare_robots(ctx, start_urls))
         (raw_dir / PAGES).mkdir(parents=True, exist_ok=True)
+        ctx.page_files = list_page_files(raw_dir)
         sitemap = fetch_sitemap_urls(ctx, read_sitemap_roots(ctx)) if params.use_sitemap else []
         frontier = Frontier(ctx)
         start = [t for t in (frontier.admit(u, 0) for u in start_urls) if t]

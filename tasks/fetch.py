@@ -6,15 +6,28 @@ import os
 import random
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any
 from urllib.parse import urlsplit
 
-import requests
-from requests.adapters import HTTPAdapter
-from requests.structures import CaseInsensitiveDict
-from requests.utils import get_environ_proxies
+import urllib3
+from requests.utils import (
+    DEFAULT_CA_BUNDLE_PATH,
+    default_headers,
+    get_auth_from_url,
+    get_environ_proxies,
+    requote_uri,
+    select_proxy,
+)
+from urllib3.exceptions import (
+    HTTPError,
+    NewConnectionError,
+    ProtocolError,
+    ProxyError,
+    SSLError,
+)
+from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 RETRY_STATUSES = frozenset({429}) | frozenset(range(500, 600))
@@ -57,7 +70,7 @@ class Fetched:
 
     url: str
     status: int | None = None
-    headers: CaseInsensitiveDict[str] = field(default_factory=CaseInsensitiveDict)
+    headers: Mapping[str, str] = field(default_factory=urllib3.HTTPHeaderDict)
     body: bytes = b""
     error: str | None = None  # a reason key: timeout, connection_error, too_large, not_html ...
     detail: str = ""
@@ -69,7 +82,16 @@ class Fetched:
 
 
 class Fetcher:
-    """GETs through a thread-local requests.Session, under one shared rate limit."""
+    """GETs through thread-local urllib3 pools, under one shared rate limit.
+
+    urllib3 is the transport requests itself uses; calling it directly saves about 0.5 ms of
+    CPU per request (requests' hooks, cookie jar, header merging and re-preparing the URL),
+    which was a third of the crawler's per-page CPU over loopback. What requests did for us is
+    kept: its default headers (Accept-Encoding: gzip, deflate; gzip is decoded), its URL quoting,
+    its CA bundle variables and certifi default, proxies from the environment (read once per
+    origin). Dropped: the per-thread cookie jar (a thread's cookies never reached the other
+    threads' requests anyway).
+    """
 
     def __init__(
         self,
@@ -81,41 +103,37 @@ class Fetcher:
         rate: float | None,
         auth_header: str | None = None,
     ) -> None:
-        self.headers = {"User-Agent": user_agent}
+        self.headers = {**default_headers(), "User-Agent": user_agent}
         if auth_header:
             self.headers["Authorization"] = auth_header
-        self.timeout_s = timeout_s
+        # requests uses one timeout for connecting and for each read; so do we.
+        self.timeout = urllib3.Timeout(connect=timeout_s, read=timeout_s)
         self.max_bytes = max_bytes
         self.policy = policy
         self.limiter = RateLimiter(rate)
         self.bytes_downloaded = 0
         self._local = threading.local()
-        self._sessions: list[requests.Session] = []
+        self._managers: list[urllib3.PoolManager] = []
         self._proxies: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
 
     def set_rate(self, rate: float | None) -> None:
         self.limiter.set_rate(rate)
 
-    def session(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            # requests re-reads the proxy and CA variables of os.environ on every request
-            # (about half of its per-request CPU); read them once per origin instead.
-            session.trust_env = False
-            session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get(
-                "CURL_CA_BUNDLE", True
-            )
-            session.headers.update(self.headers)
-            session.mount("http://", HTTPAdapter(pool_maxsize=2, max_retries=0))
-            session.mount("https://", HTTPAdapter(pool_maxsize=2, max_retries=0))
-            self._local.session = session
+    def manager_for(self, url: str) -> urllib3.PoolManager:
+        """This thread's pool manager for the proxy (or none) that `url` goes through."""
+        proxy = select_proxy(url, self.proxies_for(url))
+        managers: dict[str | None, urllib3.PoolManager] = self._local.__dict__.setdefault(
+            "managers", {}
+        )
+        if proxy not in managers:
+            managers[proxy] = build_manager(proxy)
             with self._lock:
-                self._sessions.append(session)
-        return session
+                self._managers.append(managers[proxy])
+        return managers[proxy]
 
     def proxies_for(self, url: str) -> dict[str, str]:
+        # The proxy variables of os.environ, read once per origin (no_proxy is per host).
         parts = urlsplit(url)
         origin = f"{parts.scheme}://{parts.netloc}"
         if origin not in self._proxies:
@@ -124,9 +142,9 @@ class Fetcher:
 
     def close(self) -> None:
         with self._lock:
-            for session in self._sessions:
-                session.close()
-            self._sessions.clear()
+            for manager in self._managers:
+                manager.clear()
+            self._managers.clear()
 
     def fetch(
         self, url: str, headers: dict[str, str] | None = None, html_only: bool = False
@@ -144,25 +162,27 @@ class Fetcher:
 
     def fetch_once(self, url: str, headers: dict[str, str], html_only: bool) -> Fetched:
         try:
-            with self.session().get(
-                url,
-                headers=headers,
-                timeout=self.timeout_s,
-                allow_redirects=False,
-                stream=True,
-                proxies=self.proxies_for(url),
-            ) as response:
+            response = self.manager_for(url).urlopen(
+                "GET",
+                requote_uri(url),
+                headers={**self.headers, **headers},
+                timeout=self.timeout,
+                redirect=False,
+                retries=False,
+                preload_content=False,
+            )
+            try:
                 return self.read_response(url, response, html_only)
-        except requests.Timeout as exc:
-            return Fetched(url, error="timeout", detail=str(exc))
-        except requests.ConnectionError as exc:
-            return Fetched(url, error="connection_error", detail=str(exc))
-        except requests.RequestException as exc:
-            return Fetched(url, error="request_error", detail=str(exc))
+            finally:
+                release(response)
+        except (HTTPError, OSError, ValueError) as exc:
+            return Fetched(url, error=classify_error(exc), detail=str(exc))
 
-    def read_response(self, url: str, response: requests.Response, html_only: bool) -> Fetched:
-        result = Fetched(url, status=response.status_code, headers=response.headers)
-        if response.status_code != 200:
+    def read_response(
+        self, url: str, response: urllib3.BaseHTTPResponse, html_only: bool
+    ) -> Fetched:
+        result = Fetched(url, status=response.status, headers=response.headers)
+        if response.status != 200:
             # Drain small bodies (redirects, 304, errors) so the connection is reused.
             read_capped(response, CHUNK_BYTES)
             return result
@@ -186,11 +206,46 @@ class Fetcher:
             self.bytes_downloaded += n
 
 
-def read_capped(response: requests.Response, max_bytes: int) -> tuple[bytes, bool]:
+def build_manager(proxy: str | None) -> urllib3.PoolManager:
+    """Pools of at most two connections per host, no retries or redirects of urllib3's own,
+    certificates checked against the bundle requests would use."""
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    bundle = bundle or DEFAULT_CA_BUNDLE_PATH
+    where = "ca_cert_dir" if os.path.isdir(bundle) else "ca_certs"
+    options = {"maxsize": 2, "retries": False, "cert_reqs": "CERT_REQUIRED", where: bundle}
+    if proxy is None:
+        return urllib3.PoolManager(**options)
+    if proxy.lower().startswith("socks"):
+        from urllib3.contrib.socks import SOCKSProxyManager  # needs PySocks, as in requests
+
+        return SOCKSProxyManager(proxy, **options)
+    username, password = get_auth_from_url(proxy)
+    auth = urllib3.make_headers(proxy_basic_auth=f"{username}:{password}") if username else {}
+    return urllib3.ProxyManager(proxy, proxy_headers=auth, **options)
+
+
+def release(response: urllib3.BaseHTTPResponse) -> None:
+    """Give the connection back; one with an unread body (too large, not HTML) is closed
+    first, since the next request on it would read that body as its response."""
+    if not response.closed:
+        response.close()
+    response.release_conn()
+
+
+def classify_error(exc: Exception) -> str:
+    """The reason key of a transport failure, the way requests' exception classes mapped it."""
+    if isinstance(exc, Urllib3Timeout) and not isinstance(exc, NewConnectionError):
+        return "timeout"
+    if isinstance(exc, (NewConnectionError, ProtocolError, ProxyError, SSLError, OSError)):
+        return "connection_error"
+    return "request_error"
+
+
+def read_capped(response: urllib3.BaseHTTPResponse, max_bytes: int) -> tuple[bytes, bool]:
     """The body, stopping once it passes max_bytes; (bytes, whether it was read completely)."""
     chunks: list[bytes] = []
     size = 0
-    for chunk in response.iter_content(CHUNK_BYTES):
+    for chunk in response.stream(CHUNK_BYTES, decode_content=True):
         chunks.append(chunk)
         size += len(chunk)
         if size > max_bytes:
@@ -198,7 +253,7 @@ def read_capped(response: requests.Response, max_bytes: int) -> tuple[bytes, boo
     return b"".join(chunks), True
 
 
-def parse_content_length(headers: Any) -> int | None:
+def parse_content_length(headers: Mapping[str, str]) -> int | None:
     try:
         return int(headers.get("Content-Length", ""))
     except ValueError:

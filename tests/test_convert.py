@@ -195,7 +195,8 @@ def test_document_round_trip() -> None:
     doc = MarkdownDoc(id="abc", url="https://d.org/", title="A: b — c", sha="00", order=3)
     text = render_document(doc, "# A\n\nbody\n")
     assert text.startswith("---\nid: abc\nurl: https://d.org/\n") and text.endswith("body\n")
-    assert parse_document(text) == (doc, "# A\n\nbody")
+    assert "order:" not in text  # reading order lives in index.jsonl only
+    assert parse_document(text) == (doc.model_copy(update={"order": 0}), "# A\n\nbody")
     assert render_document(*parse_document(text)) == text
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,16 +14,10 @@ import pytest
 import requests
 import yaml
 
-from tasks.services import run_prefect_server, serve_directory
+from tasks.services import free_port, run_prefect_server, serve_directory
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_SITE = REPO / "tests" / "fixtures" / "sites" / "postgresql-15"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def copy_repo(dest: Path) -> None:
