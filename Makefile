@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SITE := .cache/sites/postgresql-15/html
+# A second site, built by another generator (Sphinx), to check the converter generalises.
+SPHINX_SITE := .cache/sites/python-3.11/html
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 export DEEPEVAL_TELEMETRY_OPT_OUT := 1
@@ -25,15 +27,25 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	rm -f $$($(BIN)/python -c "import importlib.util as u, pathlib as p; print(p.Path(u.find_spec('torchaudio').origin).parent / 'lib')")/*.so
 	touch $@
 
-# The built-in docs site: Debian's postgresql-doc-15 HTML, unpacked without installing it.
+# Docs sites from Debian packages, unpacked without installing them:
+# $(call unpack_site,PACKAGE,FOLDER INSIDE THE PACKAGE,DESTINATION)
+define unpack_site
+	mkdir -p .cache/debs
+	cd .cache/debs && (apt-get download $(1) 2>/dev/null || \
+		{ apt-get update -qq && apt-get download $(1); })
+	rm -rf .cache/unpack && dpkg-deb -x $$(ls -t .cache/debs/$(1)_*.deb | head -n 1) .cache/unpack
+	mkdir -p $(dir $(3)) && rm -rf $(3)
+	mv .cache/unpack/$(2) $(3) && rm -rf .cache/unpack
+endef
+
+# The built-in docs site: the PostgreSQL 15 manual (PostgreSQL License).
 site: $(SITE)/index.html
 $(SITE)/index.html:
-	mkdir -p .cache/debs
-	cd .cache/debs && (apt-get download postgresql-doc-15 2>/dev/null || \
-		{ apt-get update -qq && apt-get download postgresql-doc-15; })
-	rm -rf .cache/unpack && dpkg-deb -x $$(ls -t .cache/debs/postgresql-doc-15_*.deb | head -n 1) .cache/unpack
-	mkdir -p $(dir $(SITE)) && rm -rf $(SITE)
-	mv .cache/unpack/usr/share/doc/postgresql-doc-15/html $(SITE) && rm -rf .cache/unpack
+	$(call unpack_site,postgresql-doc-15,usr/share/doc/postgresql-doc-15/html,$(SITE))
+	test -f $@
+
+$(SPHINX_SITE)/index.html:
+	$(call unpack_site,python3.11-doc,usr/share/doc/python3.11/html,$(SPHINX_SITE))
 	test -f $@
 
 demo: setup
@@ -53,8 +65,14 @@ lint: $(VENV)/.installed
 bench: setup
 	$(BIN)/python -m tasks.bench --site $(SITE) --out reports/bench.json
 
-eval-markdown: setup
-	$(BIN)/python -m tasks.quality --site $(SITE) --name postgresql
+# Converter quality with no selector, on two sites from different generators; the reference
+# main content is picked by a per-site selector given here, never by the converter.
+eval-markdown: setup $(SPHINX_SITE)/index.html
+	$(BIN)/python -m tasks.quality --site $(SITE) --base-url https://www.postgresql.org/docs/15/ \
+		--reference-selector body --reference-drop "div.navheader, div.navfooter" \
+		--out reports/markdown_quality_postgresql.json
+	$(BIN)/python -m tasks.quality --site $(SPHINX_SITE) --base-url https://docs.python.org/3.11/ \
+		--reference-selector "div[role=main]" --out reports/markdown_quality_python.json
 
 ui: $(VENV)/.installed
 	$(BIN)/prefect server start --host 127.0.0.1
