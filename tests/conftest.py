@@ -8,6 +8,8 @@ import pytest
 
 from tests.docsite import DocSite, serve_site
 
+pytest_plugins = ["tests.llm_fixtures"]
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
