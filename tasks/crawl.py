@@ -48,6 +48,9 @@ REDIRECTS = frozenset({301, 302, 303, 307, 308})
 GONE = frozenset({404, 410})
 MAX_REDIRECTS = 10
 MAX_SITEMAPS = 50
+# Creating files in one folder serialises on its lock in the kernel: a second writer thread
+# only waits (spinning on a CPU the fetching threads and the server need), so one writes.
+WRITER_THREADS = 1
 STORED = (PageStatus.OK, PageStatus.DUPLICATE)
 
 
@@ -616,7 +619,7 @@ def crawl_all(
     ctx = frontier.ctx
     with (
         ThreadPoolExecutor(ctx.params.concurrency, thread_name_prefix="crawl") as pool,
-        ThreadPoolExecutor(2, thread_name_prefix="crawl-write") as ctx.writer,
+        ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="crawl-write") as ctx.writer,
     ):
         outcomes = crawl_bfs(frontier, pool, start, tick, check_start_urls)
         seeds = (normalize_url(u) for u in sitemap)

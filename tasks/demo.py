@@ -1,8 +1,10 @@
 """Run the pipeline on its built-in default: `python -m tasks.demo [dvc repro args]`.
 
-Serves the default docs site (the PostgreSQL 15 manual unpacked by `make site`) on the
-127.0.0.1 port named in params `crawl.start_urls`, starts one Prefect server for every stage
-(instead of a slow ephemeral one per stage), runs `dvc repro`, and stops both.
+Starts what params point at on this machine — the default docs site (the PostgreSQL 15 manual
+unpacked by `make site`) on the port of `crawl.start_urls`, and llama.cpp serving SmolLM2 on the
+port of `synth.endpoint.base_url` — plus one Prefect server for every stage (instead of a slow
+ephemeral one per stage), runs `dvc repro`, and stops them all. Params that point elsewhere
+(your own site, a vLLM endpoint) start nothing for that part.
 """
 
 from __future__ import annotations
@@ -15,32 +17,56 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import flows  # noqa: F401  (sets the Prefect home and offline variables)
-from tasks.params import CrawlParams, load_stage_params
+from tasks.llm_server import start_llama_server
+from tasks.params import CrawlParams, SynthParams, load_stage_params
 from tasks.services import run_prefect_server, serve_directory
+from tasks.tokens import find_smollm2_gguf
 
 DEFAULT_SITE = Path(".cache/sites/postgresql-15/html")
+LLM_LOG = Path(".cache/llama-server.log")
 
 
-def local_site_port(start_urls: list[str]) -> int | None:
-    """The port to serve the default site on, when params point at this machine."""
-    parts = urlsplit(start_urls[0])
+def local_port(url: str) -> int | None:
+    """The port to serve on, when `url` points at this machine."""
+    parts = urlsplit(url)
     if parts.hostname in ("127.0.0.1", "localhost"):
         return parts.port or 80
     return None
 
 
+def start_local_llm(stack: ExitStack, synth: SynthParams) -> None:
+    port = local_port(synth.endpoint.base_url)
+    if port is None:
+        return
+    server = synth.local_server
+    gguf = Path(server.gguf) if server.gguf else find_smollm2_gguf()
+    url = stack.enter_context(
+        start_llama_server(
+            gguf,
+            port=port,
+            alias=synth.endpoint.model,
+            n_parallel=server.parallel,
+            n_ctx=server.parallel * server.ctx_per_slot,
+            threads=server.threads,
+            log_file=LLM_LOG,
+        )
+    )
+    print(f"serving {gguf.name} at {url} (log: {LLM_LOG})", flush=True)
+
+
 def main(argv: list[str]) -> int:
     _, crawl = load_stage_params("crawl", CrawlParams)
+    _, synth = load_stage_params("synth", SynthParams)
     with ExitStack() as stack:
-        port = local_site_port(crawl.start_urls)
+        port = local_port(crawl.start_urls[0])
         if port is not None:
             url = stack.enter_context(serve_directory(DEFAULT_SITE, port=port))
             print(f"serving {DEFAULT_SITE} at {url}", flush=True)
+        start_local_llm(stack, synth)
         api = stack.enter_context(run_prefect_server(int(os.environ.get("PREFECT_PORT", 4200))))
         print(f"prefect server at {api} (run history: make ui)", flush=True)
         # Stage commands say `python`: make it this environment's, wherever the caller is.
-        bin_dir = str(Path(sys.executable).parent)
-        path = bin_dir + os.pathsep + os.environ["PATH"]
+        path = str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]
         env = {**os.environ, "PREFECT_API_URL": api, "PATH": path}
         return subprocess.call(["dvc", "repro", *argv], env=env)
 

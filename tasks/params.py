@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -47,6 +47,9 @@ class Strict(BaseModel):
 class PathsParams(Strict):
     raw: Path = Path("data/raw")
     markdown: Path = Path("data/markdown")
+    qa: Path = Path("data/qa")
+    pref: Path = Path("data/pref")
+    synth_cache: Path = Path("data/synth_cache")
     reports: Path = Path("reports")
 
 
@@ -130,10 +133,127 @@ class MarkdownParams(Strict):
         return value
 
 
+class SamplingParams(Strict):
+    temperature: float = Field(0.7, ge=0, le=2)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: int = Field(1024, ge=16)
+    seed: int | None = Field(1234, description="sent to servers that support it; null to omit")
+
+
+class EndpointParams(Strict):
+    """An OpenAI-compatible chat endpoint: vLLM in production, llama.cpp on 127.0.0.1 by default."""
+
+    base_url: HttpUrl = "http://127.0.0.1:8766/v1"
+    model: str = Field("SmolLM2-135M-Instruct", min_length=1)
+    api_key_env: EnvVarName | None = Field(
+        None, description="name of the env var holding the API key; null for a keyless server"
+    )
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+    concurrency: int = Field(4, ge=1, le=512)
+    timeout_s: float = Field(120.0, gt=0)
+    retries: int = Field(4, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _key_present(self) -> EndpointParams:
+        if self.api_key_env and not os.environ.get(self.api_key_env):
+            raise ValueError(f"api_key_env names {self.api_key_env}, which is not set")
+        return self
+
+    def api_key(self) -> str:
+        """The key from the environment; local servers without auth accept any string."""
+        return os.environ[self.api_key_env] if self.api_key_env else "no-key"
+
+
+class CompetencyMix(Strict):
+    """Target shares of the preference questions' styles; they must add up to 1."""
+
+    conversational: float = Field(0.25, ge=0, le=1)
+    technical_reasoning: float = Field(0.30, ge=0, le=1)
+    factual_accuracy: float = Field(0.25, ge=0, le=1)
+    creative_problem_solving: float = Field(0.20, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> CompetencyMix:
+        total = sum(self.model_dump().values())
+        if abs(total - 1) > 1e-6:
+            raise ValueError(f"shares must add up to 1, they add up to {total:g}")
+        return self
+
+
+class LocalServerParams(Strict):
+    """llama.cpp started by `make demo` when synth.endpoint.base_url is on this machine."""
+
+    gguf: str | None = Field(None, description="GGUF model file; null = the packaged SmolLM2")
+    parallel: int = Field(4, ge=1, le=64, description="request slots")
+    ctx_per_slot: int = Field(2048, ge=256, description="context tokens of each slot")
+    threads: int = Field(2, ge=1, le=256)
+
+
+class SynthParams(Strict):
+    endpoint: EndpointParams = Field(default_factory=EndpointParams)
+    local_server: LocalServerParams = Field(default_factory=LocalServerParams)
+    structured: Literal["none", "gbnf", "vllm", "vllm-legacy"] = Field(
+        "gbnf",
+        description="constrained decoding: none, gbnf (llama.cpp `grammar`), vllm "
+        "(`structured_outputs.grammar`, vLLM >= 0.12) or vllm-legacy (`guided_grammar`)",
+    )
+    persona: str = Field(
+        "a senior PostgreSQL database administrator who writes training material for other "
+        "administrators",
+        min_length=1,
+    )
+    domain: str = Field("PostgreSQL administration", min_length=1)
+    tokenizer: str | None = Field(
+        None, description="tokenizer.json (or folder) for chunk sizes; null = SmolLM2's"
+    )
+    max_pages: int | None = Field(
+        None, ge=1, description="only the first N pages in reading order (a quick demo); null = all"
+    )
+    context_tokens: int = Field(
+        960, ge=64, description="longest page or chunk sent in one prompt, in tokens"
+    )
+    pairs_per_tokens: int = Field(250, ge=1, description="one Q/A pair per this many tokens")
+    min_pairs: int = Field(1, ge=1)
+    max_pairs: int = Field(3, ge=1)
+    points_per_tokens: int = Field(400, ge=1, description="one main point per this many tokens")
+    min_points: int = Field(1, ge=1)
+    max_points: int = Field(3, ge=1)
+    competency_mix: CompetencyMix = Field(default_factory=CompetencyMix)
+    max_answer_chars: int = Field(
+        480, ge=40, le=20_000, description="longest answer a grammar allows (structured output)"
+    )
+    min_grounding: float = Field(
+        0.5, ge=0, le=1, description="share of an answer's content words found in its page"
+    )
+    near_duplicate_jaccard: float = Field(
+        0.7, gt=0, le=1, description="questions whose word-bigram Jaccard reaches this are dups"
+    )
+    max_failed_fraction: float = Field(
+        0.1, ge=0, le=1, description="the stage fails when more pages than this keep failing"
+    )
+    price_prompt_per_mtok: float | None = Field(None, ge=0, description="USD; null = no cost")
+    price_completion_per_mtok: float | None = Field(None, ge=0, description="USD; null = no cost")
+
+    @field_validator("persona", "domain")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _ranges_ordered(self) -> SynthParams:
+        for low, high in (("min_pairs", "max_pairs"), ("min_points", "max_points")):
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"{low} ({getattr(self, low)}) exceeds {high}")
+        return self
+
+
 STAGES: dict[str, type[Strict]] = {
     "paths": PathsParams,
     "crawl": CrawlParams,
     "markdown": MarkdownParams,
+    "synth": SynthParams,
 }
 
 M = TypeVar("M", bound=Strict)

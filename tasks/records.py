@@ -76,3 +76,61 @@ class Exclusion(BaseModel):
     url: str
     reason: str
     detail: str | None = None
+
+
+def text_id(*parts: str) -> str:
+    """Stable id of generated content: the first 16 hex digits of sha256 over its parts."""
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:16]
+
+
+class Competency(StrEnum):
+    """The style a preference question is written in (its share is set in params)."""
+
+    CONVERSATIONAL = "conversational"
+    TECHNICAL_REASONING = "technical_reasoning"
+    FACTUAL_ACCURACY = "factual_accuracy"
+    CREATIVE_PROBLEM_SOLVING = "creative_problem_solving"
+
+
+class TripleKind(StrEnum):
+    GOOD = "good"  # a sound question; chosen = right answer, rejected = wrong answer
+    FALSE_PREMISE = "false_premise"  # chosen corrects the premise, rejected goes along with it
+
+
+class QAPair(BaseModel):
+    """One line of data/qa/pairs.jsonl: an instruction-pretraining question and its answer,
+    which ends with a citation of its source page."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str  # text_id(page_id, question, answer)
+    page_id: str
+    url: str
+    product: str | None = None
+    version: str | None = None
+    chunk: int = 0  # which part of the page it was generated from (0 when not split)
+    question: str
+    answer: str
+    model: str
+    prompt_version: str
+
+
+class PreferenceTriple(BaseModel):
+    """One line of data/pref/triples.jsonl: a <prompt, chosen, rejected> triple for ORPO."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str  # text_id(page_id, kind, prompt, chosen, rejected)
+    page_id: str
+    url: str
+    product: str | None = None
+    version: str | None = None
+    chunk: int = 0
+    point: str  # the page's main point the question is about
+    kind: TripleKind
+    competency: Competency
+    prompt: str
+    chosen: str
+    rejected: str
+    model: str
+    prompt_version: str

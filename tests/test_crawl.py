@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
 import itertools
 import os
 import signal
@@ -18,7 +20,7 @@ import pytest
 
 from tasks.crawl import CrawlError, crawl_site
 from tasks.fetch import RetryPolicy, compute_backoff, parse_retry_after
-from tasks.links import detect_encoding
+from tasks.links import detect_encoding, extract_links
 from tasks.params import CrawlParams
 from tasks.records import ManifestEntry, PageStatus, content_sha
 from tasks.robots import parse_robots, parse_sitemap
@@ -110,6 +112,38 @@ def test_encoding_is_read_from_the_bytes() -> None:
     assert detect_encoding(b"\xef\xbb\xbf<p>x</p>", "text/html; charset=latin-1") == "utf-8"
     assert detect_encoding(b"<p>x</p>", "text/html; charset=latin-1") == "iso8859-1"
     assert detect_encoding(b"<p>caf\xc3\xa9</p>", "text/html") == "utf-8"
+
+
+def test_links_are_read_like_an_html_parser_reads_them() -> None:
+    page = b"""<html><head><BASE HREF='/base/'><base href="/second/">
+    <link rel="stylesheet" href="s.css"><LINK REL="Canonical alternate" href="/c.html">
+    <link rel="canonical" href="/later.html">
+    <script type="text/javascript">var s = '<a href="in-script.html">';</script>
+    <style>a[href="x.html"] { color: red }</style>
+    </head><body><!-- <a href="in-comment.html"> -->
+    <a href="one.html?a=1&amp;b=2">1</a><a title="x > y" href='two.html'>2</a>
+    <a href=three.html>3</a><A class=x
+       HREF = " four.html ">4</A><a data-href="no.html">x</a><abbr href="no2.html">
+    <a href="mailto:x@y.test">m</a><a href="#top">t</a><a name="anchor">n</a>
+    <a href="caf\xc3\xa9.html" href="second.html">5</a><a href="one.html">again</a>
+    </body></html>"""
+    hrefs, canonical, base = extract_links(page, "utf-8")
+    assert hrefs == [
+        "one.html?a=1&b=2",
+        "two.html",
+        "three.html",
+        "four.html",
+        "#top",
+        "caf\u00e9.html",
+        "one.html",
+    ]
+    assert (canonical, base) == ("/c.html", "/base/")
+    assert extract_links(b"", "utf-8") == ([], None, None)
+    unclosed = b'<p><a href="a.html">a</a><a href="b.html'
+    assert extract_links(unclosed, "utf-8") == (["a.html"], None, None)
+    assert extract_links("<a href='\u00e9.html'>".encode("utf-16"), "utf-16")[0] == ["\u00e9.html"]
+    # Tags that never close cost one short scan each (this took 30 s when it was quadratic).
+    assert extract_links(b"<a " * 20_000 + b"<a x=" * 20_000, "utf-8") == ([], None, None)
 
 
 def test_retry_after_seconds_and_http_date() -> None:
@@ -211,7 +245,9 @@ def test_fractional_crawl_delay_limits_the_rate(docsite: DocSite, tmp_path: Path
     times = [h.t for h in docsite.hits]
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert len(times) == 8
-    assert min(gaps) >= 0.15 * 0.8, gaps
+    # Starts are spaced exactly; arrivals jitter on a loaded machine, so one gap may shrink
+    # while its neighbour grows. Unlimited, the gaps would be ~0.
+    assert min(gaps) >= 0.15 * 0.6, gaps
     assert times[-1] - times[0] >= 7 * 0.15 * 0.95
 
 
@@ -557,6 +593,32 @@ def test_auth_header_is_sent(docsite: DocSite, tmp_path: Path) -> None:
     docsite.page("/docs/index.html")
     crawl_site(make_params(docsite), tmp_path, auth_header="Bearer t0k", show_progress=False)
     assert {h.headers.get("Authorization") for h in docsite.hits} == {"Bearer t0k"}
+
+
+def test_gzip_bodies_are_stored_decoded(docsite: DocSite, tmp_path: Path) -> None:
+    body = render_page("/docs/index.html", text="z" * 3000)
+    docsite.add("/docs/index.html", gzip.compress(body), headers={"Content-Encoding": "gzip"})
+    crawl(docsite, tmp_path)
+    entry = by_path(docsite, tmp_path)["/docs/index.html"]
+    assert (tmp_path / str(entry.file)).read_bytes() == body
+    assert "gzip" in docsite.page_hits()[0].headers["Accept-Encoding"]
+
+
+def test_proxy_from_the_environment_is_used(
+    docsite: DocSite, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The test site doubles as the proxy: it serves the path of the absolute URL it is sent.
+    docsite.page("/docs/index.html", ["a.html"])
+    docsite.page("/docs/a.html")
+    for name in ("NO_PROXY", "no_proxy", "http_proxy", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", docsite.base.replace("http://", "http://u:pw@"))
+    start = "http://docs.invalid/docs/index.html"
+    crawl_site(make_params(docsite, start_urls=[start]), tmp_path, show_progress=False)
+    assert [h.path for h in docsite.page_hits()] == [start, "http://docs.invalid/docs/a.html"]
+    expected = "Basic " + base64.b64encode(b"u:pw").decode()
+    sent = [{k.lower(): v for k, v in h.headers.items()} for h in docsite.hits]
+    assert {headers.get("proxy-authorization") for headers in sent} == {expected}
 
 
 def test_progress_goes_to_stderr(

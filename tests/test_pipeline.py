@@ -1,5 +1,6 @@
 """The pipeline as a user runs it: `dvc repro` in a copy of the repo against a real docs site
-(committed PostgreSQL pages) served on 127.0.0.1, with one local Prefect server."""
+(committed PostgreSQL pages) served on 127.0.0.1, with one local Prefect server and an
+OpenAI-compatible endpoint on 127.0.0.1 (the fake server: real wire format, scripted replies)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import requests
 import yaml
 
 from tasks.services import free_port, run_prefect_server, serve_directory
+from tests.fake_openai import FakeOpenAI, ok, serve_fake_openai
+from tests.test_synth_prompts import scripted_reply
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_SITE = REPO / "tests" / "fixtures" / "sites" / "postgresql-15"
@@ -66,18 +69,34 @@ def run_dvc(repo: Path, api: str, *args: str) -> subprocess.CompletedProcess[str
     )
 
 
-def test_dvc_repro_twice_second_run_executes_nothing(tmp_path: Path, prefect_api: str) -> None:
+@pytest.fixture
+def endpoint() -> Iterator[FakeOpenAI]:
+    with serve_fake_openai() as fake:
+        fake.responder = lambda body: ok(scripted_reply(body["messages"]))
+        yield fake
+
+
+def point_params_at(repo: Path, site: str, endpoint: FakeOpenAI) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["crawl"].update(start_urls=[site + "backup.html"], max_depth=None, exclude=[])
+    params["synth"]["endpoint"].update(base_url=endpoint.base_url, model=endpoint.model)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_dvc_repro_twice_second_run_executes_nothing(
+    tmp_path: Path, prefect_api: str, endpoint: FakeOpenAI
+) -> None:
     repo = tmp_path / "repo"
     copy_repo(repo)
     with serve_directory(FIXTURE_SITE, port=free_port()) as site:
-        params = yaml.safe_load((repo / "params.yaml").read_text())
-        params["crawl"].update(start_urls=[site + "backup.html"], max_depth=None)
-        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        point_params_at(repo, site, endpoint)
 
         first = run_dvc(repo, prefect_api, "repro")
         assert first.returncode == 0, first.stdout + first.stderr
-        assert "Running stage 'crawl'" in first.stdout
-        assert "Running stage 'markdown'" in first.stdout
+        for stage in ("crawl", "markdown", "synth"):
+            assert f"Running stage '{stage}'" in first.stdout
+        calls = len(endpoint.chat_requests)
+        assert calls > 0
 
         second = run_dvc(repo, prefect_api, "repro")
         assert second.returncode == 0, second.stdout + second.stderr
@@ -90,6 +109,7 @@ def test_dvc_repro_twice_second_run_executes_nothing(tmp_path: Path, prefect_api
         assert forced.returncode == 0, forced.stdout + forced.stderr
         after = run_dvc(repo, prefect_api, "status")
         assert "changed" not in after.stdout, after.stdout
+        assert len(endpoint.chat_requests) == calls  # nothing reran, nothing was paid twice
 
     pages = sorted((repo / "data" / "markdown").glob("*.md"))
     site_pages = list(FIXTURE_SITE.glob("*.html"))
@@ -105,4 +125,7 @@ def test_dvc_repro_twice_second_run_executes_nothing(tmp_path: Path, prefect_api
         for f in requests.post(f"{prefect_api}/flows/filter", json={}, timeout=10).json()
     }
     ran = sorted(flow_names[r["flow_id"]] for r in runs if r["state_type"] == "COMPLETED")
-    assert ran == ["crawl", "crawl", "markdown"], states
+    assert ran == ["crawl", "crawl", "markdown", "synth"], states
+    pairs = (repo / "data" / "qa" / "pairs.jsonl").read_text().splitlines()
+    triples = (repo / "data" / "pref" / "triples.jsonl").read_text().splitlines()
+    assert pairs and triples

@@ -1,0 +1,65 @@
+"""synth: generate training data from every Markdown page through an OpenAI-compatible endpoint.
+
+Run with `dvc repro synth` (or `python -m flows.synth`). The endpoint in params `synth.endpoint`
+must be up (default: `python -m tasks.llm_server --port 8766`); it is checked before any work.
+Reads params `synth:` and data/markdown; writes data/qa/pairs.jsonl (Q/A pairs citing their
+page), data/pref/triples.jsonl (<prompt, chosen, rejected> for ORPO), an exclusions.jsonl beside
+each (every drop and failed page, with its reason), data/synth_cache/ (one file per LLM reply,
+keyed by the call's hash, so reruns call only for changed pages and a killed run resumes) and
+reports/synth.json. Each page that needs calls is a Prefect task run; cached pages are replayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.llm import ChatClient, build_client, check_endpoint
+from tasks.params import PathsParams, SynthParams, load_stage_params
+from tasks.report import publish_report, write_report
+from tasks.synth import (
+    PageOutcome,
+    PageWork,
+    Settings,
+    SynthDirs,
+    TokenCounter,
+    check_failed_pages,
+    read_token_counter,
+    run_synth,
+    synthesize_page,
+)
+
+TOKENIZER_CACHE = Path(".cache/tokenizers")
+
+
+@task(name="synth-page", cache_policy=NO_CACHE, task_run_name="synth-{work.doc.id}")
+async def synth_page(client: ChatClient, work: PageWork, settings: Settings) -> PageOutcome:
+    return await synthesize_page(client, work, settings)
+
+
+async def generate(dirs: SynthDirs, params: SynthParams, count: TokenCounter) -> dict[str, Any]:
+    async with build_client(params.endpoint, params.structured) as client:
+        await check_endpoint(client)  # an unreachable endpoint fails here, naming its URL
+        return await run_synth(client, dirs, params, count, run_page=synth_page)
+
+
+@flow(name="synth")
+def synth_flow(paths: PathsParams, params: SynthParams) -> dict[str, Any]:
+    started = time.monotonic()
+    count = read_token_counter(params.tokenizer, TOKENIZER_CACHE)
+    dirs = SynthDirs(paths.markdown, paths.qa, paths.pref, paths.synth_cache)
+    report = asyncio.run(generate(dirs, params, count))
+    report["wall_s"] = round(time.monotonic() - started, 2)
+    write_report(paths.reports, "synth", report)
+    publish_report("synth", report)
+    check_failed_pages(report, params.max_failed_fraction)
+    return report
+
+
+if __name__ == "__main__":
+    synth_flow(*load_stage_params("synth", SynthParams))
