@@ -175,6 +175,9 @@ class OpenAIChatClient:
         }
         if sampling.seed is not None:
             body["seed"] = sampling.seed
+        for name in ("frequency_penalty", "presence_penalty"):
+            if getattr(sampling, name):
+                body[name] = getattr(sampling, name)
         return body
 
     def request_extra_body(

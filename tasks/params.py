@@ -138,6 +138,8 @@ class SamplingParams(Strict):
     top_p: float = Field(0.95, gt=0, le=1)
     max_tokens: int = Field(1024, ge=16)
     seed: int | None = Field(1234, description="sent to servers that support it; null to omit")
+    frequency_penalty: float = Field(0.0, ge=-2, le=2, description="OpenAI API; 0 = not sent")
+    presence_penalty: float = Field(0.0, ge=-2, le=2, description="OpenAI API; 0 = not sent")
 
 
 class EndpointParams(Strict):

@@ -169,6 +169,16 @@ def render_triple_prompt(
     )
 
 
+def grammar_max_chars(max_pairs: int, max_points: int, answer_chars: int) -> int:
+    """The longest reply any synth grammar allows. Every token is at least one character, so a
+    max_tokens of at least this never cuts a constrained reply short."""
+    tags = len("<QUE>  <GOOD>  <BAD>  <END>\n")
+    qa = max_pairs * (QUESTION_CHARS + answer_chars + tags)
+    points = max_points * (POINT_CHARS + tags)
+    triple = QUESTION_CHARS + 2 * answer_chars + tags
+    return max(qa, points, triple)
+
+
 def render_qa_grammar(n: int, answer_chars: int) -> str:
     """Exactly n `<QUE> question <ANS> answer <END>` lines."""
     return "\n".join(

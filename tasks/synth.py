@@ -42,6 +42,7 @@ from tasks.params import CompetencyMix, SynthParams
 from tasks.prompts import (
     PROMPT_VERSION,
     Persona,
+    grammar_max_chars,
     render_citation,
     render_messages,
     render_points_grammar,
@@ -231,6 +232,16 @@ class Settings:
     def persona(self) -> Persona:
         return Persona(self.params.persona, self.params.domain)
 
+    def request_body(self, grammar: str | None) -> dict[str, Any] | None:
+        """A grammar bounds the reply's length in characters, and a token is at least one, so
+        max_tokens raised to that bound never cuts a constrained reply short (a small model
+        otherwise fills its budget and every block ends truncated)."""
+        if grammar is None:
+            return None
+        p = self.params
+        longest = grammar_max_chars(p.max_pairs, p.max_points, p.max_answer_chars)
+        return {"max_tokens": max(p.endpoint.sampling.max_tokens, longest)}
+
 
 def render_call_key(
     messages: list[dict[str, str]], grammar: str | None, params: SynthParams
@@ -298,7 +309,8 @@ async def fetch_completion(client: ChatClient, request: CallRequest, s: Settings
         return cached
     started = time.monotonic()
     try:
-        reply = await client.complete(request.messages, grammar=request.grammar)
+        body = s.request_body(request.grammar)
+        reply = await client.complete(request.messages, grammar=request.grammar, extra_body=body)
     except (EndpointError, openai.APIError):
         s.failed_calls += 1
         raise

@@ -18,6 +18,7 @@ from tasks.convert import parse_document, render_document
 from tasks.llm import EndpointError, build_client, check_endpoint
 from tasks.markdown import build_markdown
 from tasks.params import EndpointParams, SamplingParams, SynthParams
+from tasks.prompts import grammar_max_chars
 from tasks.records import PreferenceTriple, QAPair
 from tasks.synth import (
     PageOutcome,
@@ -236,7 +237,10 @@ def test_stage_through_the_openai_sdk_and_a_fake_server(dirs: SynthDirs, count: 
     assert report["pairs"] > 0 and report["triples"] > 0
     assert report["calls"]["made"] == len(fake.chat_bodies)
     assert report["parse_failures"].get("qa.truncated") == 1
-    assert all("grammar" in b and b["max_tokens"] == 1024 for b in fake.chat_bodies)
+    # With a grammar, max_tokens rises to the longest reply it allows, so none is cut off.
+    longest = grammar_max_chars(params.max_pairs, params.max_points, params.max_answer_chars)
+    assert longest > 1024
+    assert all("grammar" in b and b["max_tokens"] == longest for b in fake.chat_bodies)
     assert 1 < fake.max_in_flight <= 3
 
 
