@@ -2,10 +2,11 @@
 `python -m tasks.bench_synth [--markdown data/markdown] [--max-pages 2]`.
 
 Starts llama.cpp as params `synth.local_server` describe, runs the stage with an empty cache
-(every call made) while recording each request, and replays exactly those requests with plain
-`openai.AsyncOpenAI` at the same concurrency, before and after the stage (llama.cpp reuses a
-slot's prompt prefix, so the order is balanced). Reports completion tokens/s of each and the
-ratio stage / direct (goal >= 0.9).
+(every call made) while recording each request, and replays exactly those requests (same
+messages, grammar and body) with plain `openai.AsyncOpenAI` at the same concurrency, once before
+a second stage run and once after it (llama.cpp reuses a slot's prompt prefix, so order matters).
+Reports completion tokens/s of the measured stage run, of the direct replays, and the ratio
+stage / direct (goal >= 0.9).
 """
 
 from __future__ import annotations
@@ -28,13 +29,15 @@ from tasks.services import free_port
 from tasks.synth import SynthDirs, read_token_counter, run_synth
 from tasks.tokens import find_smollm2_gguf
 
+Request = tuple[list[dict[str, str]], str | None, dict[str, Any] | None]
+
 
 class RecordingClient:
     """Passes calls through and keeps what was asked, for the direct replay."""
 
     def __init__(self, inner: ChatClient) -> None:
         self.inner = inner
-        self.requests: list[tuple[list[dict[str, str]], str | None]] = []
+        self.requests: list[Request] = []
 
     async def complete(
         self,
@@ -43,7 +46,7 @@ class RecordingClient:
         grammar: str | None = None,
         extra_body: dict[str, Any] | None = None,
     ) -> Completion:
-        self.requests.append((messages, grammar))
+        self.requests.append((messages, grammar, extra_body))
         return await self.inner.complete(messages, grammar=grammar, extra_body=extra_body)
 
 
@@ -56,16 +59,15 @@ async def run_stage(params: SynthParams, md_dir: Path, work: Path) -> tuple[dict
     return report, recorder
 
 
-async def replay_direct(
-    params: SynthParams, requests: list[tuple[list[dict[str, str]], str | None]]
-) -> dict[str, Any]:
-    endpoint, sampling = params.endpoint, params.endpoint.sampling
+async def replay_direct(params: SynthParams, requests: list[Request]) -> dict[str, Any]:
+    endpoint = params.endpoint
     client = openai.AsyncOpenAI(base_url=endpoint.base_url, api_key="no-key", timeout=600)
+    sampling = OpenAIChatClient(endpoint).sampling_body()
     slots = asyncio.Semaphore(endpoint.concurrency)
 
-    async def one(messages: list[dict[str, str]], grammar: str | None) -> int:
-        body = grammar_body(params.structured, grammar) if grammar else {}
-        body.update(sampling.model_dump(exclude_none=True))
+    async def one(messages: list[dict[str, str]], grammar: str | None, extra: Any) -> int:
+        body = {**sampling, **(grammar_body(params.structured, grammar) if grammar else {})}
+        body.update(extra or {})
         async with slots:
             reply = await client.chat.completions.create(
                 model=endpoint.model,
@@ -76,7 +78,7 @@ async def replay_direct(
 
     started = time.perf_counter()
     try:
-        tokens = sum(await asyncio.gather(*(one(m, g) for m, g in requests)))
+        tokens = sum(await asyncio.gather(*(one(m, g, e) for m, g, e in requests)))
     finally:
         await client.close()
     wall = time.perf_counter() - started
@@ -99,8 +101,9 @@ def run_benchmark(params: SynthParams, md_dir: Path) -> dict[str, Any]:
     ):
         endpoint = params.endpoint.model_copy(update={"base_url": base_url})
         params = params.model_copy(update={"endpoint": endpoint})
-        report, recorder = asyncio.run(run_stage(params, md_dir, Path(tmp)))
+        _, recorder = asyncio.run(run_stage(params, md_dir, Path(tmp) / "warm"))
         before = asyncio.run(replay_direct(params, recorder.requests))
+        report, _ = asyncio.run(run_stage(params, md_dir, Path(tmp) / "measured"))
         after = asyncio.run(replay_direct(params, recorder.requests))
     direct = (before["tokens_per_s"] + after["tokens_per_s"]) / 2
     stage = report["completion_tokens_per_s"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -388,38 +389,61 @@ def select_points(reply: CallResult, limit: int) -> list[str]:
     return points[:limit]
 
 
-async def synthesize_page(client: ChatClient, work: PageWork, s: Settings) -> PageOutcome:
-    """All calls of one page: Q/A and main points per chunk, then two triples per point.
-    A call that still fails after the client's retries marks the page failed."""
-    try:
-        chunks = work.chunks
-        first = [qa_request(work, c, s) for c in chunks] + [
-            points_request(work, c, s) for c in chunks
-        ]
-        replies = await gather_all(*(fetch_completion(client, r, s) for r in first))
-        qa, points = replies[: len(chunks)], replies[len(chunks) :]
-        slots = [
-            (chunk, point, kind)
-            for chunk, reply in zip(chunks, points, strict=True)
-            for point in select_points(reply, chunk.n_points)
-            for kind in TripleKind
-        ]
-        tags = assign_competencies(work.doc.id, len(slots), s.params.competency_mix)
-        requests = [
-            triple_request(work, c, (p, k, t), s) for (c, p, k), t in zip(slots, tags, strict=True)
-        ]
+async def synthesize_chunk(
+    client: ChatClient, work: PageWork, chunk: Chunk, tags: list[Competency], s: Settings
+) -> tuple[CallResult, CallResult, list[TripleReply]]:
+    """One chunk's Q/A call beside its points call, whose triples start as soon as the points
+    arrive: no call waits for an unrelated one, so the endpoint's slots stay busy."""
+
+    async def points_then_triples() -> tuple[CallResult, list[TripleReply]]:
+        points = await fetch_completion(client, points_request(work, chunk, s), s)
+        slots = [(p, k) for p in select_points(points, chunk.n_points) for k in TripleKind]
+        tagged = [(p, k, t) for (p, k), t in zip(slots, tags, strict=False)]
+        requests = [triple_request(work, chunk, slot, s) for slot in tagged]
         answers = await gather_all(*(fetch_completion(client, r, s) for r in requests))
+        return points, [
+            TripleReply(chunk.index, p, k, t, r)
+            for (p, k, t), r in zip(tagged, answers, strict=True)
+        ]
+
+    # The points call is queued first: its reply unlocks the triple calls.
+    chain = asyncio.ensure_future(points_then_triples())
+    qa_call = asyncio.ensure_future(fetch_completion(client, qa_request(work, chunk, s), s))
+    try:
+        points, triples = await chain
+    finally:
+        # Let the sibling finish (and cache its reply) even when this branch failed.
+        await asyncio.wait([qa_call])
+    return qa_call.result(), points, triples
+
+
+def split_tags(work: PageWork, mix: CompetencyMix) -> list[list[Competency]]:
+    """Each chunk's share of the page's competency tags, fixed before any call (two triples
+    per requested point), so tags never depend on what another chunk's calls returned."""
+    tags = assign_competencies(work.doc.id, sum(2 * c.n_points for c in work.chunks), mix)
+    bounds = list(itertools.accumulate(2 * c.n_points for c in work.chunks))
+    return [tags[end - 2 * c.n_points : end] for c, end in zip(work.chunks, bounds, strict=True)]
+
+
+async def synthesize_page(client: ChatClient, work: PageWork, s: Settings) -> PageOutcome:
+    """All calls of one page: per chunk, Q/A and main points, then two triples per point.
+    A call that still fails after the client's retries marks the page failed."""
+    tags = split_tags(work, s.params.competency_mix)
+    try:
+        per_chunk = await gather_all(
+            *(
+                synthesize_chunk(client, work, c, t, s)
+                for c, t in zip(work.chunks, tags, strict=True)
+            )
+        )
     except (EndpointError, openai.APIError) as exc:
         return PageOutcome(work, error=f"{type(exc).__name__}: {exc}")
-    triples = tuple(
-        TripleReply(c.index, p, k, t, r)
-        for (c, p, k), t, r in zip(slots, tags, answers, strict=True)
-    )
+    chunks = work.chunks
     return PageOutcome(
         work,
-        qa=tuple((c.index, r) for c, r in zip(chunks, qa, strict=True)),
-        points=tuple((c.index, r) for c, r in zip(chunks, points, strict=True)),
-        triples=triples,
+        qa=tuple((c.index, qa) for c, (qa, _, _) in zip(chunks, per_chunk, strict=True)),
+        points=tuple((c.index, pts) for c, (_, pts, _) in zip(chunks, per_chunk, strict=True)),
+        triples=tuple(t for _, _, triples in per_chunk for t in triples),
     )
 
 

@@ -222,12 +222,16 @@ def test_failing_page_is_recorded_and_the_threshold_decides(dirs: SynthDirs, cou
 def test_stage_through_the_openai_sdk_and_a_fake_server(dirs: SynthDirs, count: Any) -> None:
     """Tier 2: the real client, wire format and grammar field, against a fake HTTP server."""
 
+    truncated: list[str] = []
+
     def respond(body: dict[str, Any]) -> Any:
+        if not truncated and "<QUE> question <ANS>" in body["messages"][-1]["content"]:
+            truncated.append("qa")  # the first Q/A reply stops at max_tokens mid-answer
+            return ok("<QUE> What is a dump? <ANS> A dump", finish_reason="length")
         return ok(scripted_reply(body["messages"]), delay_s=0.01)  # so calls overlap
 
     with serve_fake_openai() as fake:
         fake.responder = respond
-        fake.script(ok("<QUE> What is a dump? <ANS> A dump", finish_reason="length"))
         endpoint = EndpointParams(
             base_url=fake.base_url, model=fake.model, concurrency=3, retries=0
         )
