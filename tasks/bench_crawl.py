@@ -6,16 +6,12 @@ Usage: python -m tasks.bench_crawl SITE_DIR [--base-url URL] [--repeats N] [--ou
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,29 +21,9 @@ from tasks.crawl import crawl_site, read_manifest
 from tasks.io import write_json_atomic
 from tasks.params import CrawlParams
 from tasks.records import PageStatus
+from tasks.services import serve_directory
 
 THREADS = 4
-
-
-class QuietHandler(SimpleHTTPRequestHandler):
-    # HTTP/1.0 like `python -m http.server`: its keep-alive mode writes headers and body
-    # separately and stalls ~40 ms per response on delayed ACKs, which would swamp the numbers.
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@contextmanager
-def serve_directory(site_dir: Path) -> Iterator[str]:
-    handler = functools.partial(QuietHandler, directory=str(site_dir))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def fetch_bare_sequential(urls: list[str]) -> float:
