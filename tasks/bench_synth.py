@@ -17,7 +17,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import openai
 
@@ -71,8 +71,8 @@ async def replay_direct(params: SynthParams, requests: list[Request]) -> dict[st
         async with slots:
             reply = await client.chat.completions.create(
                 model=endpoint.model,
-                messages=messages,
-                extra_body=body,  # type: ignore[arg-type]
+                messages=cast(Any, messages),  # plain role/content dicts, as the stage sends
+                extra_body=body,
             )
         return reply.usage.completion_tokens if reply.usage else 0
 
