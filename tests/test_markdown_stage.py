@@ -10,29 +10,14 @@ from pathlib import Path
 import pytest
 
 from tasks.convert import parse_document
-from tasks.crawl import crawl_site
 from tasks.markdown import build_markdown
-from tasks.params import CrawlParams, MarkdownParams
-from tasks.services import free_port, serve_directory
-
-FIXTURE_SITE = Path(__file__).parent / "fixtures" / "sites" / "postgresql-15"
-PARAMS = MarkdownParams(
-    product_pattern=r"(PostgreSQL) [\d.]+ Documentation",
-    version_pattern=r"PostgreSQL ([\d.]+) Documentation",
-    workers=2,
-)
+from tasks.services import free_port
+from tests.fixture_site import FIXTURE_SITE, PARAMS, crawl
 
 
 @pytest.fixture(scope="module")
 def tokenizer_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("tokenizers")
-
-
-def crawl(site: Path, raw: Path, port: int = 0) -> None:
-    """Crawl `site` served on 127.0.0.1; re-crawls must reuse the port, as URLs are identity."""
-    with serve_directory(site, port=port) as base:
-        params = CrawlParams(start_urls=[base + "backup.html"], requests_per_second=None)
-        crawl_site(params, raw, show_progress=False)
 
 
 def snapshot(md_dir: Path) -> dict[str, bytes]:

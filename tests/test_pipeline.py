@@ -17,7 +17,7 @@ import yaml
 
 from tasks.services import free_port, run_prefect_server, serve_directory
 from tests.fake_openai import FakeOpenAI, ok, serve_fake_openai
-from tests.test_synth_prompts import scripted_reply
+from tests.synth_fakes import scripted_reply
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_SITE = REPO / "tests" / "fixtures" / "sites" / "postgresql-15"

@@ -32,8 +32,8 @@ from tasks.synth import (
     synthesize_page,
 )
 from tests.fake_openai import ok, serve_fake_openai
-from tests.test_markdown_stage import FIXTURE_SITE, PARAMS, crawl
-from tests.test_synth_prompts import ScriptedClient, scripted_reply
+from tests.fixture_site import FIXTURE_SITE, PARAMS, crawl
+from tests.synth_fakes import ScriptedClient, scripted_reply
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZERS = REPO / ".cache" / "tokenizers"  # shared with the markdown stage; made once
