@@ -412,8 +412,10 @@ async def synthesize_chunk(
     try:
         points, triples = await chain
     finally:
-        # Let the sibling finish (and cache its reply) even when this branch failed.
+        # Let the sibling finish (and cache its reply) even when this branch failed, and mark
+        # its error seen: result() below raises it, or this branch's error supersedes it.
         await asyncio.wait([qa_call])
+        qa_call.exception()
     return qa_call.result(), points, triples
 
 
