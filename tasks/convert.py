@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urljoin
 
 import lxml.html
@@ -17,6 +18,7 @@ from lxml.etree import _Element
 from markdownify import ATX, MarkdownConverter
 
 from tasks.extract import WORD_RE, extract_content
+from tasks.io import read_jsonl
 from tasks.params import MarkdownParams
 from tasks.records import MarkdownDoc
 
@@ -339,3 +341,12 @@ def parse_document(text: str) -> tuple[MarkdownDoc, str]:
     body = text[end + 5 :]
     body = body[1:] if body.startswith("\n") else body
     return MarkdownDoc.model_validate(front), body.removesuffix("\n")
+
+
+def read_pages(md_dir: Path) -> list[tuple[MarkdownDoc, str]]:
+    """The markdown stage's pages in reading order, with their bodies."""
+    pages = []
+    for row in read_jsonl(md_dir / "index.jsonl"):
+        doc, body = parse_document((md_dir / f"{row['id']}.md").read_text("utf-8"))
+        pages.append((doc, body))
+    return pages

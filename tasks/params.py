@@ -50,6 +50,11 @@ class PathsParams(Strict):
     qa: Path = Path("data/qa")
     pref: Path = Path("data/pref")
     synth_cache: Path = Path("data/synth_cache")
+    base_model: Path = Path("models/base")
+    eval: Path = Path("data/eval")
+    cpt: Path = Path("data/cpt")
+    sft: Path = Path("data/sft")
+    orpo: Path = Path("data/orpo")
     reports: Path = Path("reports")
 
 
@@ -251,11 +256,148 @@ class SynthParams(Strict):
         return self
 
 
+class ModelParams(Strict):
+    """The base model every training stage starts from, materialized once into models/base."""
+
+    base: str | None = Field(
+        None,
+        description="Hugging Face id or local transformers folder; null = SmolLM2-135M-Instruct "
+        "converted from the GGUF in `gguf`",
+    )
+    gguf: str | None = Field(
+        None, description="GGUF file converted when base is null; null = the packaged SmolLM2"
+    )
+    verify_tokens: int = Field(
+        256,
+        ge=0,
+        description="positions of a real page whose next-token argmax is compared "
+        "with llama.cpp serving the GGUF; 0 = no check",
+    )
+    min_argmax_agreement: float = Field(0.95, ge=0, le=1)
+    revision: str | None = Field(None, description="hub revision when base is a hub id")
+
+    @field_validator("base", "gguf")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must be non-empty or null")
+        return value
+
+
+class PhaseParams(Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="folder name of the phase")
+    seq_len: int = Field(ge=64, description="tokens per packed sequence")
+
+
+class CptParams(Strict):
+    phases: list[PhaseParams] = Field(
+        default_factory=lambda: [PhaseParams(name="short", seq_len=512)], min_length=1
+    )
+
+    @field_validator("phases")
+    @classmethod
+    def _distinct_names(cls, phases: list[PhaseParams]) -> list[PhaseParams]:
+        names = [p.name for p in phases]
+        if len(set(names)) != len(names):
+            raise ValueError(f"phase names must be distinct, got {names}")
+        return phases
+
+
+PiiKind = Literal["email", "phone", "ip", "secret"]
+PII_KINDS: tuple[PiiKind, ...] = ("email", "phone", "ip", "secret")
+
+
+class PiiParams(Strict):
+    kinds: list[PiiKind] = Field(default_factory=lambda: list(PII_KINDS))
+    action: Literal["mask", "drop"] = Field(
+        "mask", description="mask each match with a placeholder, or drop the whole document"
+    )
+    allow: list[str] = Field(
+        default_factory=list,
+        description="exact strings or networks (10.0.0.0/8) never treated as PII",
+    )
+
+
+class GeneralTextParams(Strict):
+    """General-domain text mixed into the CPT corpus to limit forgetting."""
+
+    file: str | None = Field(None, description=".txt (blank-line separated) or .jsonl with text")
+    ratio: float = Field(
+        0.3, ge=0, lt=1, description="share of the CPT corpus's tokens taken from this text"
+    )
+
+
+class GeneralSftParams(Strict):
+    """An off-the-shelf instruction set mixed into SFT; LlamaFactory reads it."""
+
+    hub_id: str | None = Field(None, description="e.g. teknium/OpenHermes-2.5 (needs internet)")
+    file: str | None = Field(None, description="local sharegpt/alpaca JSON or JSONL file")
+    formatting: Literal["sharegpt", "alpaca"] = "sharegpt"
+    columns: dict[str, str] = Field(
+        default_factory=lambda: {"messages": "conversations"},
+        description="LlamaFactory column mapping of the set",
+    )
+    ratio: float = Field(
+        0.5, ge=0, lt=1, description="share of SFT examples drawn from the general set"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> GeneralSftParams:
+        if self.hub_id and self.file:
+            raise ValueError("set hub_id or file, not both")
+        return self
+
+
+class DatasetsParams(Strict):
+    eval_fraction: float = Field(
+        0.15, ge=0, lt=1, description="share of pages held out (with all their Q/A and triples)"
+    )
+    split_seed: int = 0
+    order: Literal["site", "nearest_neighbour"] = Field(
+        "site",
+        description="CPT document order: the site's reading order, or chained by "
+        "nearest neighbour in embedding space starting from the first page",
+    )
+    embedding_model: str | None = Field(
+        None, description="sentence-transformers folder; null = the packaged all-MiniLM-L6-v2"
+    )
+    near_duplicate_threshold: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="estimated Jaccard of word 5-gram sets at which a "
+        "document duplicates an earlier one (MinHash)",
+    )
+    minhash_permutations: int = Field(128, ge=16, le=1024)
+    pii: PiiParams = Field(default_factory=PiiParams)
+    general_text: GeneralTextParams = Field(default_factory=GeneralTextParams)
+    max_pad_fraction: float = Field(
+        0.02,
+        ge=0,
+        lt=1,
+        description="a packed sequence is padded instead of splitting the "
+        "next document only when the gap is at most this share of the sequence",
+    )
+    lookahead: int = Field(
+        8, ge=0, description="later whole documents tried for a gap before splitting one"
+    )
+    shard_rows: int = Field(1024, ge=1, description="packed sequences per Parquet shard")
+    system_prompt: str = Field(
+        "You are an expert on the product documentation you were trained on. Answer "
+        "accurately and cite the documentation page.",
+        min_length=1,
+    )
+    general_sft: GeneralSftParams = Field(default_factory=GeneralSftParams)
+
+
 STAGES: dict[str, type[Strict]] = {
     "paths": PathsParams,
     "crawl": CrawlParams,
     "markdown": MarkdownParams,
     "synth": SynthParams,
+    "model": ModelParams,
+    "datasets": DatasetsParams,
+    "cpt": CptParams,
 }
 
 M = TypeVar("M", bound=Strict)

@@ -134,3 +134,30 @@ class PreferenceTriple(BaseModel):
     rejected: str
     model: str
     prompt_version: str
+
+
+class CptDocument(BaseModel):
+    """One line of data/cpt/documents.jsonl: a document of the CPT corpus, in packing order.
+    A packed row's segment names its document by the line number here."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str  # the page id, or text_id("general", text) for general-domain text
+    kind: str  # page | general
+    url: str | None = None
+    title: str | None = None
+    pairs: int = 0  # Q/A pairs appended to the page's text
+    tokens: int = 0  # without the EOS the packer adds
+
+
+class EvalPage(BaseModel):
+    """One line of data/eval/pages.jsonl: a held-out page, for perplexity and evaluation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    url: str
+    title: str
+    product: str | None = None
+    version: str | None = None
+    text: str  # rendered as the CPT corpus renders a training page, without Q/A

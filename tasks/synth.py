@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import openai
 from tqdm import tqdm
 
-from tasks.convert import parse_document, render_document
+from tasks.convert import read_pages, render_document
 from tasks.filters import (
     NearDuplicates,
     check_qa,
@@ -39,7 +39,7 @@ from tasks.filters import (
     score_grounding,
     strip_citation,
 )
-from tasks.io import read_jsonl, write_bytes_atomic, write_if_changed, write_json_atomic
+from tasks.io import write_bytes_atomic, write_if_changed, write_json_atomic
 from tasks.llm import ChatClient, Completion, EndpointError
 from tasks.params import CompetencyMix, SynthParams
 from tasks.prompts import (
@@ -96,15 +96,6 @@ class Chunk:
 class PageWork:
     doc: MarkdownDoc
     chunks: tuple[Chunk, ...]
-
-
-def read_pages(md_dir: Path) -> list[tuple[MarkdownDoc, str]]:
-    """The markdown stage's pages in reading order, with their bodies."""
-    pages = []
-    for row in read_jsonl(md_dir / "index.jsonl"):
-        doc, body = parse_document((md_dir / f"{row['id']}.md").read_text("utf-8"))
-        pages.append((doc, body))
-    return pages
 
 
 def split_on(lines: list[str], starts: Callable[[str], bool]) -> list[str]:

@@ -1,0 +1,64 @@
+"""datasets: build every training set, and the held-out eval split, from pages and synth output.
+
+Run with `dvc repro datasets` (or `python -m flows.datasets`). Reads params `datasets:`,
+`cpt.phases` and `synth.competency_mix`; data/markdown, data/qa, data/pref and the base model's
+tokenizer (models/base). Writes data/eval (held-out pages with their Q/A and triples),
+data/cpt (documents.jsonl, and per phase Parquet shards of packed rows with document
+boundaries), data/sft and data/orpo (LlamaFactory sets + dataset_info.json), an
+exclusions.jsonl in each, and reports/datasets.json.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import flow, task
+
+from tasks.datasets import DatasetDirs, build_datasets, load_base_tokenizer
+from tasks.params import (
+    CompetencyMix,
+    CptParams,
+    DatasetsParams,
+    PathsParams,
+    PhaseParams,
+    SynthParams,
+    load_stage_params,
+)
+from tasks.report import publish_report, write_report
+
+
+@task(name="build-datasets")
+def build(
+    dirs: DatasetDirs, params: DatasetsParams, phases: list[PhaseParams], mix: CompetencyMix
+) -> dict[str, Any]:
+    return build_datasets(dirs, params, phases, mix, load_base_tokenizer(dirs.base_model))
+
+
+@flow(name="datasets")
+def datasets_flow(
+    paths: PathsParams, params: DatasetsParams, phases: list[PhaseParams], mix: CompetencyMix
+) -> dict[str, Any]:
+    started = time.monotonic()
+    dirs = DatasetDirs(
+        paths.markdown,
+        paths.qa,
+        paths.pref,
+        paths.base_model,
+        paths.eval,
+        paths.cpt,
+        paths.sft,
+        paths.orpo,
+    )
+    report = build(dirs, params, phases, mix)
+    report["wall_s"] = round(time.monotonic() - started, 2)
+    write_report(paths.reports, "datasets", report)
+    publish_report("datasets", report)
+    return report
+
+
+if __name__ == "__main__":
+    paths, params = load_stage_params("datasets", DatasetsParams)
+    cpt = load_stage_params("cpt", CptParams)[1]
+    synth = load_stage_params("synth", SynthParams)[1]
+    datasets_flow(paths, params, cpt.phases, synth.competency_mix)
