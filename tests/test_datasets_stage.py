@@ -161,3 +161,21 @@ def test_interleave_spreads_evenly_and_keeps_order() -> None:
     assert [x for x in out if x < 10] == [0, 1, 2, 3, 4, 5]
     assert [x for x in out if x >= 10] == [10, 11]
     assert out.index(10) in (2, 3) and out.index(11) in (5, 6)
+
+
+def test_nearest_neighbour_order_chains_similar_pages() -> None:
+    """With the packaged embedding model, pages on one topic follow each other."""
+    from tasks.datasets import chain_nearest, embed_texts, find_embedding_model
+
+    texts = [
+        "Configuring WAL archiving with archive_command for point-in-time recovery.",
+        "Creating a B-tree index on a table column to speed up queries.",
+        "Restoring a base backup and replaying archived WAL segments to a target time.",
+        "Using a GIN index for full text search over tsvector columns.",
+        "Continuous archiving: base backups plus WAL files make recovery possible.",
+        "Partial indexes and expression indexes reduce index size.",
+    ]
+    order = chain_nearest(embed_texts(texts, find_embedding_model()))
+    assert sorted(order) == list(range(6)) and order[0] == 0
+    topics = ["backup" if i % 2 == 0 else "index" for i in order]
+    assert topics == ["backup"] * 3 + ["index"] * 3
