@@ -46,7 +46,13 @@ def test_stage_runs_its_flow_and_depends_on_its_code(stage: str) -> None:
     spec = DVC["stages"][stage]
     assert spec["cmd"] == f"python -m flows.{stage}"
     assert stage in STAGES and stage in PARAMS
-    assert spec["params"] == [stage]
+    assert spec["params"][0] == stage
+    for key in spec["params"][1:]:  # another stage's setting this one reads, e.g. cpt.phases
+        section, *rest = key.split(".")
+        value = PARAMS[section]
+        for part in rest:
+            value = value[part]
+        assert section in STAGES and section != stage
     missing = imported_project_files(f"flows.{stage}") - set(names(spec["deps"]))
     assert not missing, f"dvc.yaml stage {stage} lacks deps {sorted(missing)}"
     assert names(spec["metrics"]) == [f"{PARAMS['paths']['reports']}/{stage}.json"]
@@ -57,3 +63,8 @@ def test_stages_chain_through_declared_paths() -> None:
     assert outs["crawl"] == [PARAMS["paths"]["raw"]]
     assert PARAMS["paths"]["raw"] in names(DVC["stages"]["markdown"]["deps"])
     assert outs["markdown"] == [PARAMS["paths"]["markdown"]]
+    assert outs["model"] == [PARAMS["paths"]["base_model"]]
+    datasets_deps = names(DVC["stages"]["datasets"]["deps"])
+    for key in ("markdown", "qa", "pref", "base_model"):
+        assert PARAMS["paths"][key] in datasets_deps
+    assert outs["datasets"] == [PARAMS["paths"][k] for k in ("eval", "cpt", "sft", "orpo")]

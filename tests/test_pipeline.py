@@ -18,9 +18,11 @@ import yaml
 from tasks.services import free_port, run_prefect_server, serve_directory
 from tests.fake_openai import FakeOpenAI, ok, serve_fake_openai
 from tests.synth_fakes import scripted_reply
+from tests.tiny_models import write_tiny_gguf
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_SITE = REPO / "tests" / "fixtures" / "sites" / "postgresql-15"
+STAGES = ("crawl", "markdown", "synth", "model", "datasets")
 
 
 def copy_repo(dest: Path) -> None:
@@ -77,9 +79,12 @@ def endpoint() -> Iterator[FakeOpenAI]:
 
 
 def point_params_at(repo: Path, site: str, endpoint: FakeOpenAI) -> None:
+    """The committed site, the fake endpoint, and a tiny GGUF as the base model (the
+    conversion and its check against llama.cpp are real, just small)."""
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["crawl"].update(start_urls=[site + "backup.html"], max_depth=None, exclude=[])
     params["synth"]["endpoint"].update(base_url=endpoint.base_url, model=endpoint.model)
+    params["model"]["gguf"] = str(write_tiny_gguf(repo.parent / "tiny.gguf"))
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -93,7 +98,7 @@ def test_dvc_repro_twice_second_run_executes_nothing(
 
         first = run_dvc(repo, prefect_api, "repro")
         assert first.returncode == 0, first.stdout + first.stderr
-        for stage in ("crawl", "markdown", "synth"):
+        for stage in STAGES:
             assert f"Running stage '{stage}'" in first.stdout
         calls = len(endpoint.chat_requests)
         assert calls > 0
@@ -125,7 +130,9 @@ def test_dvc_repro_twice_second_run_executes_nothing(
         for f in requests.post(f"{prefect_api}/flows/filter", json={}, timeout=10).json()
     }
     ran = sorted(flow_names[r["flow_id"]] for r in runs if r["state_type"] == "COMPLETED")
-    assert ran == ["crawl", "crawl", "markdown", "synth"], states
+    assert ran == sorted([*STAGES, "crawl"]), states
     pairs = (repo / "data" / "qa" / "pairs.jsonl").read_text().splitlines()
     triples = (repo / "data" / "pref" / "triples.jsonl").read_text().splitlines()
     assert pairs and triples
+    cpt_docs = (repo / "data" / "cpt" / "documents.jsonl").read_text().splitlines()
+    assert cpt_docs and (repo / "data" / "sft" / "dataset_info.json").is_file()
