@@ -76,6 +76,8 @@ class ModelSource:
     def describe(self) -> dict[str, Any]:
         if self.kind == "hub":
             return {"kind": "hub", "id": self.location, "revision": self.revision}
+        if self.kind == "gguf":  # the file name: a site-packages path differs per machine
+            return {"kind": "gguf", "file": Path(self.location).name}
         return {"kind": self.kind, "path": self.location}
 
 
