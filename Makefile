@@ -66,6 +66,8 @@ bench: setup
 	$(BIN)/python -m tasks.bench --site $(SITE) --out reports/bench.json
 	$(BIN)/python -m tasks.bench_synth --markdown data/markdown --out reports/bench_synth.json
 	$(BIN)/python -m tasks.bench_packing --site $(SITE) --out reports/bench_packing.json
+	$(BIN)/python -m tasks.bench_cpt --out reports/bench_cpt.json
+	$(BIN)/python -m tasks.bench_sft --out reports/bench_sft.json
 
 # Converter quality with no selector, on two sites from different generators; the reference
 # main content is picked by a per-site selector given here, never by the converter.

@@ -6,9 +6,10 @@ typo fails before any work starts.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -285,14 +286,195 @@ class ModelParams(Strict):
 
 
 class PhaseParams(Strict):
+    """One curriculum phase: the datasets stage packs data/cpt/<name> at seq_len; the cpt stage
+    trains models/cpt/<name> from init_from."""
+
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="folder name of the phase")
     seq_len: int = Field(ge=64, description="tokens per packed sequence")
+    init_from: Path = Field(
+        Path("models/base"),
+        description="transformers folder the phase starts from: the base model for the first "
+        "phase, <cpt.output>/<previous phase> after (DVC templating cannot compute it)",
+    )
+    max_steps: int | None = Field(
+        None, ge=1, description="optimizer steps; null = cpt.epochs passes over the phase's rows"
+    )
+
+
+class OffloadParams(Strict):
+    device: Literal["none", "cpu"] = "none"
+    pin_memory: bool = False
+
+
+class ZeroParams(Strict):
+    """DeepSpeed's `zero_optimization` block, key for key."""
+
+    stage: int = Field(2, ge=0, le=3)
+    offload_optimizer: OffloadParams = Field(default_factory=OffloadParams)
+    offload_param: OffloadParams = Field(
+        default_factory=OffloadParams, description="ZeRO stage 3 only"
+    )
+    overlap_comm: bool = False
+    contiguous_gradients: bool = True
+    reduce_bucket_size: int = Field(500_000_000, ge=1)
+
+
+class Bf16Params(Strict):
+    enabled: bool = False
+
+
+class Fp16Params(Strict):
+    """DeepSpeed's `fp16` block: dynamic loss scaling unless loss_scale > 0."""
+
+    enabled: bool = False
+    loss_scale: float = Field(0, ge=0, description="0 = dynamic loss scaling")
+    initial_scale_power: int = Field(16, ge=0, le=32)
+    loss_scale_window: int = Field(1000, ge=1)
+    hysteresis: int = Field(2, ge=1)
+    min_loss_scale: float = Field(1, gt=0)
+
+
+class AdamWParams(Strict):
+    lr: float = Field(3e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    torch_adam: bool = Field(
+        True, description="torch's AdamW instead of DeepSpeed's compiled ones (none build on CPU)"
+    )
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"betas must lie in [0, 1), got {list(betas)}")
+        return betas
+
+
+class OptimizerParams(Strict):
+    type: Literal["AdamW"] = "AdamW"
+    params: AdamWParams = Field(default_factory=AdamWParams)
+
+
+class WarmupCosineParams(Strict):
+    """WarmupCosineLR's arguments; total_num_steps is filled in per phase."""
+
+    warmup_num_steps: int = Field(
+        10, ge=2, description="DeepSpeed warms up over at least 2 steps whatever is set"
+    )
+    warmup_type: Literal["linear", "log"] = "linear"
+    warmup_min_ratio: float = Field(0.0, ge=0, le=1)
+    cos_min_ratio: float = Field(0.1, ge=0, le=1)
+
+
+class SchedulerParams(Strict):
+    type: Literal["WarmupCosineLR"] = "WarmupCosineLR"
+    params: WarmupCosineParams = Field(default_factory=WarmupCosineParams)
+
+
+class TensorBoardParams(Strict):
+    """DeepSpeed's `tensorboard` monitor; output_path null = <checkpoints>/<phase>/tensorboard."""
+
+    enabled: bool = False
+    output_path: str | None = None
+
+    @model_validator(mode="after")
+    def _installed(self) -> TensorBoardParams:
+        if self.enabled and importlib.util.find_spec("tensorboard") is None:
+            raise ValueError(
+                "enabled needs the tensorboard package, which is not installed "
+                "(pip install tensorboard, or set enabled: false)"
+            )
+        return self
+
+
+class DeepSpeedParams(Strict):
+    """Written into each phase's ds_config.json under DeepSpeed's own key names."""
+
+    train_micro_batch_size_per_gpu: int = Field(1, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    gradient_clipping: float = Field(1.0, ge=0, description="0 = no clipping")
+    zero_optimization: ZeroParams = Field(default_factory=ZeroParams)
+    bf16: Bf16Params = Field(default_factory=Bf16Params)
+    fp16: Fp16Params = Field(default_factory=Fp16Params)
+    optimizer: OptimizerParams = Field(default_factory=OptimizerParams)
+    scheduler: SchedulerParams = Field(default_factory=SchedulerParams)
+    tensorboard: TensorBoardParams = Field(default_factory=TensorBoardParams)
+    steps_per_print: int | None = Field(
+        None, ge=1, description="DeepSpeed's own progress line; null = DeepSpeed's default"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DeepSpeedParams:
+        if self.bf16.enabled and self.fp16.enabled:
+            raise ValueError("bf16.enabled and fp16.enabled are exclusive")
+        zero = self.zero_optimization
+        if zero.offload_param.device != "none" and zero.stage != 3:
+            raise ValueError("zero_optimization.offload_param needs zero_optimization.stage 3")
+        return self
+
+
+def _phases_by_name(raw: Any) -> Any:
+    # params.yaml keys the phases by name, so that DVC's foreach names the stages cpt@<phase>
+    # and each stage tracks only its own entry (cpt.phases.<phase>); their order comes from
+    # their init_from links (CptParams._phases_chain), not from the mapping.
+    if isinstance(raw, dict):
+        return [
+            {"name": name, **spec} if isinstance(spec, dict) else spec for name, spec in raw.items()
+        ]
+    return raw
 
 
 class CptParams(Strict):
     phases: list[PhaseParams] = Field(
         default_factory=lambda: [PhaseParams(name="short", seq_len=512)], min_length=1
     )
+    output: Path = Field(Path("models/cpt"), description="<output>/<phase>: the trained model")
+    checkpoints: Path = Field(
+        Path(".cache/cpt"),
+        description="<checkpoints>/<phase>: DeepSpeed checkpoints, kept across runs (DVC "
+        "persist) so a killed run resumes; git-ignored and not cached by DVC",
+    )
+    launcher: Literal["deepspeed", "torchrun"] = "deepspeed"
+    processes_per_node: int = Field(1, ge=1, le=1024)
+    nodes: int = Field(1, ge=1)
+    hostfile: Path | None = Field(
+        None, description="DeepSpeed hostfile (`host slots=N` lines) for nodes > 1"
+    )
+    master_port: int | None = Field(
+        None, ge=1024, le=65535, description="null = a free port (single node only)"
+    )
+    threads_per_process: int | None = Field(
+        None, ge=1, description="CPU threads (OMP_NUM_THREADS); null = cores / processes"
+    )
+    sequence_parallel: int = Field(
+        1, ge=1, description="ranks per zigzag ring (ring-flash-attn, GPU); 1 = none"
+    )
+    cross_document_attention: bool = Field(
+        False,
+        description="let packed documents attend to earlier documents in their row; false = "
+        "positions restart and attention stops at each document boundary (needs "
+        "sequence_parallel 1)",
+    )
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto",
+        description="sequence_parallel 1 only; auto = flash_attention_2 on CUDA if "
+        "installed, else sdpa",
+    )
+    gradient_checkpointing: bool = False
+    epochs: float = Field(1.0, gt=0, description="passes over the rows when max_steps is null")
+    seed: int = 0
+    checkpoint_steps: int = Field(50, ge=1, description="save a checkpoint every N steps")
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept")
+    max_nonfinite_in_row: int = Field(
+        3, ge=1, description="non-finite losses in a row (each one skipped) that stop the run"
+    )
+    deepspeed: DeepSpeedParams = Field(default_factory=DeepSpeedParams)
+
+    @field_validator("phases", mode="before")
+    @classmethod
+    def _keyed_by_name(cls, raw: Any) -> Any:
+        return _phases_by_name(raw)
 
     @field_validator("phases")
     @classmethod
@@ -301,6 +483,78 @@ class CptParams(Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"phase names must be distinct, got {names}")
         return phases
+
+    @model_validator(mode="after")
+    def _phases_chain(self) -> CptParams:
+        """Put the phases in curriculum order, read from their init_from links (tools that
+        rewrite params.yaml may sort its keys), checking that they form one chain that starts
+        from the base model."""
+        roots = [p for p in self.phases if not p.init_from.is_relative_to(self.output)]
+        if len(roots) != 1:
+            found = ", ".join(p.name for p in roots) or "none"
+            raise ValueError(
+                f"exactly one phase must start from the base model (an init_from outside "
+                f"output {self.output}), found {found}"
+            )
+        chain = [roots[0]]
+        while followers := [p for p in self.phases if p.init_from == self.output / chain[-1].name]:
+            if len(followers) > 1:
+                raise ValueError(
+                    f"phases {', '.join(p.name for p in followers)} all start from phase "
+                    f"{chain[-1].name}: the curriculum is one chain"
+                )
+            chain.append(followers[0])
+        for phase in self.phases:
+            if phase not in chain:
+                raise ValueError(
+                    f"phases.{phase.name}.init_from ({phase.init_from}) is not the model of a "
+                    f"phase in the chain from {roots[0].name}: use {self.output}/<phase>"
+                )
+        object.__setattr__(self, "phases", chain)
+        return self
+
+    @model_validator(mode="after")
+    def _launch_layout(self) -> CptParams:
+        if self.nodes > 1 and self.hostfile is None:
+            raise ValueError("nodes > 1 needs a hostfile")
+        if self.nodes > 1 and self.launcher != "deepspeed":
+            raise ValueError("multi-node runs use launcher: deepspeed (with a hostfile)")
+        if self.nodes > 1 and self.master_port is None:
+            raise ValueError("nodes > 1 needs a fixed master_port")
+        world = self.nodes * self.processes_per_node
+        if world % self.sequence_parallel:
+            raise ValueError(
+                f"sequence_parallel ({self.sequence_parallel}) must divide nodes * "
+                f"processes_per_node ({world})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _ring_attention(self) -> CptParams:
+        ring = self.sequence_parallel
+        if ring == 1:
+            return self
+        if not self.cross_document_attention:
+            raise ValueError(
+                "sequence_parallel > 1 needs cross_document_attention: true (ring attention "
+                "is causal over the whole row and takes no document mask)"
+            )
+        if not (self.deepspeed.bf16.enabled or self.deepspeed.fp16.enabled):
+            raise ValueError("sequence_parallel > 1 needs deepspeed.bf16 or deepspeed.fp16")
+        for phase in self.phases:
+            if phase.seq_len % (2 * ring):
+                raise ValueError(
+                    f"phases.{phase.name}.seq_len ({phase.seq_len}) must be a multiple of "
+                    f"2 * sequence_parallel ({2 * ring})"
+                )
+        return self
+
+    def phase(self, name: str) -> PhaseParams:
+        for phase in self.phases:
+            if phase.name == name:
+                return phase
+        names = [p.name for p in self.phases]
+        raise ParamsError(f"cpt.phases has no phase {name!r}; the phases are {names}")
 
 
 PiiKind = Literal["email", "phone", "ip", "secret"]
@@ -390,6 +644,112 @@ class DatasetsParams(Strict):
     general_sft: GeneralSftParams = Field(default_factory=GeneralSftParams)
 
 
+# Keys of LlamaFactory's YAML that the sft and orpo flows write themselves, with the reason; in
+# `<stage>.train` they are an error, so params never disagree with what actually ran.
+LLAMAFACTORY_FLOW_KEYS: dict[str, str] = {
+    "stage": "the flow sets it (sft; dpo for orpo)",
+    "do_train": "the flow sets it",
+    "model_name_or_path": "set the starting model with {s}.model",
+    "adapter_name_or_path": "a stage starts from a whole (merged) model: set {s}.model",
+    "dataset": "the flow names the sets of the dataset_dir's dataset_info.json",
+    "dataset_dir": "the flow uses paths.sft / paths.orpo",
+    "output_dir": "the flow uses {s}.checkpoints",
+    "resume_from_checkpoint": "the flow resumes from the newest complete checkpoint by itself",
+    "deepspeed": "put DeepSpeed's JSON under {s}.deepspeed; the flow writes the file",
+    "report_to": "always none: nothing leaves the machine",
+    "logging_nan_inf_filter": "always false, so a NaN loss reaches the log and fails the stage",
+}
+LLAMAFACTORY_EXPORT_FLOW_KEYS: dict[str, str] = {
+    "model_name_or_path": "the flow uses the model the stage trained from",
+    "adapter_name_or_path": "the flow uses the adapter the stage trained",
+    "export_dir": "the flow exports into {s}.output/model",
+    "finetuning_type": "copied from {s}.train",
+    "template": "copied from {s}.train",
+    "trust_remote_code": "copied from {s}.train",
+}
+FINETUNING_TYPES = ("lora", "full", "freeze")
+
+
+def _reject_flow_keys(mapping: dict[str, Any], flow_keys: dict[str, str], section: str) -> None:
+    for key in mapping:
+        if key in flow_keys:
+            why = flow_keys[key].format(s=section)
+            raise ValueError(f"{key} is set by the flow ({why}); remove it")
+
+
+class FineTuneParams(Strict):
+    """A LlamaFactory stage. `train` and `export` are LlamaFactory's own YAML keys, passed
+    through as they are (no second schema); only the keys the flow sets are checked here, and
+    LlamaFactory rejects unknown ones within seconds of starting."""
+
+    section: ClassVar[str] = "sft"
+    flow_keys: ClassVar[dict[str, str]] = LLAMAFACTORY_FLOW_KEYS
+
+    model: Path | None = Field(None, description="transformers folder to start from")
+    output: Path = Field(description="train.yaml, export.yaml, adapter/, model/ (merged)")
+    checkpoints: Path = Field(
+        description="LlamaFactory's output_dir: checkpoints kept across runs (DVC persist), so "
+        "a killed run resumes"
+    )
+    processes_per_node: int = Field(
+        1, ge=1, le=1024, description="> 1 (or a deepspeed config) launches through torchrun"
+    )
+    deepspeed: dict[str, Any] | None = Field(
+        None, description="DeepSpeed's JSON, key for key; written beside train.yaml"
+    )
+    train: dict[str, Any] = Field(default_factory=dict, description="LlamaFactory train keys")
+    export: dict[str, Any] = Field(default_factory=dict, description="LlamaFactory export keys")
+
+    @field_validator("train")
+    @classmethod
+    def _train_keys(cls, train: dict[str, Any]) -> dict[str, Any]:
+        _reject_flow_keys(train, cls.flow_keys, cls.section)
+        kind = train.get("finetuning_type", "lora")
+        if kind not in FINETUNING_TYPES:
+            raise ValueError(f"finetuning_type must be one of {FINETUNING_TYPES}, got {kind!r}")
+        return train
+
+    @field_validator("export")
+    @classmethod
+    def _export_keys(cls, export: dict[str, Any]) -> dict[str, Any]:
+        _reject_flow_keys(export, LLAMAFACTORY_EXPORT_FLOW_KEYS, cls.section)
+        return export
+
+    @property
+    def finetuning_type(self) -> str:
+        return str(self.train.get("finetuning_type", "lora"))
+
+
+class SftParams(FineTuneParams):
+    model: Path | None = Field(
+        None, description="transformers folder to start from; null = <cpt.output>/<last phase>"
+    )
+    output: Path = Path("models/sft")
+    checkpoints: Path = Path(".cache/sft")
+
+
+class OrpoParams(FineTuneParams):
+    section: ClassVar[str] = "orpo"
+    flow_keys: ClassVar[dict[str, str]] = {
+        **LLAMAFACTORY_FLOW_KEYS,
+        "pref_loss": "always orpo (stage dpo with the ORPO loss, no reference model)",
+    }
+
+    model: Path | None = Field(
+        None, description="transformers folder to start from; null = <sft.output>/model"
+    )
+    output: Path = Path("models/orpo")
+    checkpoints: Path = Path(".cache/orpo")
+
+    @field_validator("train")
+    @classmethod
+    def _pref_beta(cls, train: dict[str, Any]) -> dict[str, Any]:
+        beta = train.get("pref_beta", 0.1)
+        if not isinstance(beta, int | float) or isinstance(beta, bool) or beta <= 0:
+            raise ValueError(f"pref_beta (ORPO's odds-ratio weight) must be > 0, got {beta!r}")
+        return train
+
+
 STAGES: dict[str, type[Strict]] = {
     "paths": PathsParams,
     "crawl": CrawlParams,
@@ -398,6 +758,8 @@ STAGES: dict[str, type[Strict]] = {
     "model": ModelParams,
     "datasets": DatasetsParams,
     "cpt": CptParams,
+    "sft": SftParams,
+    "orpo": OrpoParams,
 }
 
 M = TypeVar("M", bound=Strict)

@@ -1,9 +1,11 @@
 """dvc.yaml, params.yaml and the flows agree: each stage runs its own flow module, depends on
-every project module that flow imports, and declares its params section and report."""
+every project module that flow imports, and declares its params section and report. A foreach
+stage (cpt) is checked once per generated stage (cpt@short, ...), as DVC expands it."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,11 +20,45 @@ DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 
 
-def render(value: str) -> str:
-    """dvc.yaml's ${paths.x} templating, from params.yaml."""
-    for key, path in PARAMS["paths"].items():
-        value = value.replace("${paths." + key + "}", str(path))
-    return value
+def render(value: str, context: dict | None = None) -> str:
+    """dvc.yaml's ${a.b} templating, from params.yaml (and a foreach stage's key and item)."""
+
+    def lookup(match: re.Match[str]) -> str:
+        found: object = {**PARAMS, **(context or {})}
+        for part in match.group(1).split("."):
+            found = found[part]  # type: ignore[index]
+        return str(found)
+
+    return re.sub(r"\$\{([^}]+)\}", lookup, value)
+
+
+def render_tree(node: object, context: dict) -> object:
+    if isinstance(node, str):
+        return render(node, context)
+    if isinstance(node, list):
+        return [render_tree(n, context) for n in node]
+    if isinstance(node, dict):
+        return {render(k, context): render_tree(v, context) for k, v in node.items()}
+    return node
+
+
+def expand_stages() -> dict[str, dict]:
+    """DVC's stages, foreach ones expanded to NAME@KEY with ${key} and ${item.x} filled in."""
+    stages = {}
+    for name, spec in DVC["stages"].items():
+        if "foreach" not in spec:
+            stages[name] = spec
+            continue
+        section, *rest = spec["foreach"].strip("${}").split(".")
+        items = PARAMS[section]
+        for part in rest:
+            items = items[part]
+        for key, item in items.items():
+            stages[f"{name}@{key}"] = render_tree(spec["do"], {"key": key, "item": item})
+    return stages
+
+
+STAGE_SPECS = expand_stages()
 
 
 def imported_project_files(module: str) -> set[str]:
@@ -41,25 +77,29 @@ def names(entries: list) -> list[str]:
     return [render(next(iter(e)) if isinstance(e, dict) else e) for e in entries]
 
 
-@pytest.mark.parametrize("stage", sorted(DVC["stages"]))
-def test_stage_runs_its_flow_and_depends_on_its_code(stage: str) -> None:
-    spec = DVC["stages"][stage]
-    assert spec["cmd"] == f"python -m flows.{stage}"
+@pytest.mark.parametrize("name", sorted(STAGE_SPECS))
+def test_stage_runs_its_flow_and_depends_on_its_code(name: str) -> None:
+    spec = STAGE_SPECS[name]
+    stage, _, key = name.partition("@")  # cpt@short: flow cpt for phase short
+    assert spec["cmd"] == f"python -m flows.{stage}" + (f" {key}" if key else "")
     assert stage in STAGES and stage in PARAMS
-    assert spec["params"][0] == stage
-    for key in spec["params"][1:]:  # another stage's setting this one reads, e.g. cpt.phases
-        section, *rest = key.split(".")
+    # A foreach stage tracks its own item and the keys of its section it reads (not the
+    # other items, so that changing one phase reruns that phase only).
+    assert spec["params"][0] == (f"{stage}.phases.{key}" if key else stage)
+    for param in spec["params"][1:]:  # another stage's setting this one reads, e.g. cpt.phases
+        section, *rest = param.split(".")
         value = PARAMS[section]
         for part in rest:
             value = value[part]
-        assert section in STAGES and section != stage
+        assert section in STAGES and (section != stage or key)
     missing = imported_project_files(f"flows.{stage}") - set(names(spec["deps"]))
-    assert not missing, f"dvc.yaml stage {stage} lacks deps {sorted(missing)}"
-    assert names(spec["metrics"]) == [f"{PARAMS['paths']['reports']}/{stage}.json"]
+    assert not missing, f"dvc.yaml stage {name} lacks deps {sorted(missing)}"
+    report = name.replace("@", "_")
+    assert names(spec["metrics"]) == [f"{PARAMS['paths']['reports']}/{report}.json"]
 
 
 def test_stages_chain_through_declared_paths() -> None:
-    outs = {stage: names(spec["outs"]) for stage, spec in DVC["stages"].items()}
+    outs = {stage: names(spec["outs"]) for stage, spec in STAGE_SPECS.items()}
     assert outs["crawl"] == [PARAMS["paths"]["raw"]]
     assert PARAMS["paths"]["raw"] in names(DVC["stages"]["markdown"]["deps"])
     assert outs["markdown"] == [PARAMS["paths"]["markdown"]]
@@ -68,3 +108,11 @@ def test_stages_chain_through_declared_paths() -> None:
     for key in ("markdown", "qa", "pref", "base_model"):
         assert PARAMS["paths"][key] in datasets_deps
     assert outs["datasets"] == [PARAMS["paths"][k] for k in ("eval", "cpt", "sft", "orpo")]
+    cpt = PARAMS["cpt"]
+    starts = {PARAMS["paths"]["base_model"]}  # each phase starts where another one ended
+    starts |= {f"{cpt['output']}/{phase}" for phase in cpt["phases"]}
+    for phase, settings in cpt["phases"].items():
+        deps = names(STAGE_SPECS[f"cpt@{phase}"]["deps"])
+        assert f"{PARAMS['paths']['cpt']}/{phase}" in deps
+        assert settings["init_from"] in starts and settings["init_from"] in deps
+        assert outs[f"cpt@{phase}"][0] == f"{cpt['output']}/{phase}"

@@ -1,0 +1,136 @@
+"""cpt: continual pre-training of one curriculum phase with DeepSpeed.
+
+Run with `dvc repro cpt@short` (every phase in order: `dvc repro cpt`), or
+`python -m flows.cpt short` (no phase named: every phase in order). Reads params `cpt:`, the
+phase's packed rows data/cpt/<phase>, the held-out pages data/eval/pages.jsonl and the model
+the phase starts from (`init_from`: models/base, then the previous phase's model). Starts
+tasks.cpt_train under the deepspeed launcher (or torchrun) and streams its log into the Prefect
+run; a run killed part-way resumes from the newest checkpoint in <cpt.checkpoints>/<phase>
+when its settings and inputs are unchanged. Writes models/cpt/<phase> (model, tokenizer,
+ds_config.json, train_params.json), reports/cpt_<phase>.json (run summary, final step,
+held-out perplexity of the starting and the trained model) and reports/cpt_<phase>_steps.csv
+(loss, lr, grad norm, tokens/s and memory per step; a DVC plot).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.cpt_config import (
+    RUN_FILE,
+    RunSpec,
+    plan_steps,
+    render_fingerprint,
+    render_launch_command,
+    render_launch_env,
+    render_run_spec,
+    render_train_params,
+)
+from tasks.cpt_run import (
+    check_phase_inputs,
+    find_free_port,
+    prepare_checkpoint_dir,
+    read_input_hashes,
+    read_step_log,
+    read_trainer_result,
+    render_report,
+    render_steps_csv,
+    run_streaming,
+    write_model_folder,
+    write_run_spec,
+)
+from tasks.io import write_text_atomic
+from tasks.packing import read_phase_meta
+from tasks.params import CptParams, ParamsError, PathsParams, load_stage_params
+from tasks.perplexity import measure_perplexity, read_eval_texts
+from tasks.report import publish_report, write_report
+
+
+@task(name="prepare-checkpoints", cache_policy=NO_CACHE)
+def prepare(spec: RunSpec) -> str:
+    check_phase_inputs(spec)
+    fingerprint = render_fingerprint(spec, read_input_hashes(spec))
+    outcome = prepare_checkpoint_dir(spec.checkpoint_dir, fingerprint)
+    get_run_logger().info("checkpoints in %s: %s", spec.checkpoint_dir, outcome)
+    write_run_spec(spec)
+    return outcome
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train(spec: RunSpec, params: CptParams) -> dict[str, Any]:
+    import torch
+
+    port = params.master_port or find_free_port()
+    command = render_launch_command(params, spec.checkpoint_dir / RUN_FILE, port)
+    env = render_launch_env(
+        os.environ, params, cuda=torch.cuda.is_available(), cores=os.cpu_count() or 1
+    )
+    code, tail = run_streaming(command, env, get_run_logger().info)
+    if code != 0:
+        last = "\n".join(tail[-15:])
+        raise RuntimeError(f"the cpt trainer exited with code {code}; its last lines:\n{last}")
+    return read_trainer_result(spec)
+
+
+@task(name="write-model", cache_policy=NO_CACHE)
+def write_model(spec: RunSpec, params: CptParams) -> Path:
+    final = params.output / spec.phase
+    write_model_folder(spec, final, render_train_params(params, spec), spec.init_from)
+    return final
+
+
+@task(name="held-out-perplexity", cache_policy=NO_CACHE)
+def perplexity(model_dir: Path, texts: list[str], seq_len: int) -> dict[str, Any]:
+    return measure_perplexity(model_dir, texts, seq_len)
+
+
+@flow(name="cpt", flow_run_name="cpt-{phase}")
+def cpt_flow(paths: PathsParams, params: CptParams, phase: str) -> dict[str, Any]:
+    started = time.monotonic()
+    settings = params.phase(phase)
+    steps = plan_steps(params, settings, read_phase_meta(paths.cpt / phase).rows)
+    spec = render_run_spec(params, settings, steps, paths.cpt)
+    texts = read_eval_texts(paths.eval)  # missing inputs fail before training
+    checkpoints = prepare(spec)
+    result = train(spec, params)
+    model_dir = write_model(spec, params)
+    held_out = {
+        "trained": perplexity(model_dir, texts, spec.seq_len),
+        "init_from": perplexity(spec.init_from, texts, spec.seq_len),
+    }
+    step_log = read_step_log(spec)
+    write_text_atomic(paths.reports / f"cpt_{phase}_steps.csv", render_steps_csv(step_log))
+    report = render_report(spec, checkpoints, result, step_log, held_out)
+    report["wall_s"] = round(time.monotonic() - started, 2)
+    write_report(paths.reports, f"cpt_{phase}", report)
+    publish_report(f"cpt-{phase}", report)
+    return report
+
+
+def main(argv: list[str]) -> None:
+    paths, params = load_stage_params("cpt", CptParams)
+    first = params.phases[0]
+    if first.init_from != paths.base_model:
+        raise SystemExit(
+            f"error: cpt.phases.{first.name}.init_from ({first.init_from}) must be "
+            f"paths.base_model ({paths.base_model}), whose tokenizer packed {paths.cpt}"
+        )
+    names = argv or [p.name for p in params.phases]
+    try:
+        for name in names:
+            params.phase(name)  # an unknown phase fails before any run starts
+    except ParamsError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    for name in names:
+        cpt_flow(paths, params, name)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

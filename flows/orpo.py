@@ -1,0 +1,89 @@
+"""orpo: preference training with LlamaFactory's ORPO loss (odds-ratio preference
+optimization: `stage: dpo` with `pref_loss: orpo`; no reference model) on the preference
+triples, starting from the merged SFT model.
+
+Run with `dvc repro orpo` (or `python -m flows.orpo`). Reads params `orpo:` (LlamaFactory's
+own keys under `orpo.train`, pref_beta among them), `sft.output` (the starting model is its
+model/ unless `orpo.model` names one) and data/orpo. Writes models/orpo/ (train.yaml,
+export.yaml, adapter/ for LoRA, model/: the merged model), the run's checkpoints under
+`orpo.checkpoints` (kept, so a killed run resumes), reports/orpo.json, reports/orpo_loss.csv
+and reports/orpo_margins.csv (chosen - rejected reward per step; DVC plots).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from tasks.chat_sets import DOMAIN_PREF
+from tasks.llamafactory_run import (
+    StageLayout,
+    check_model_folder,
+    describe_config,
+    export_model,
+    extract_curve,
+    prepare_run,
+    read_dataset_names,
+    read_train_results,
+    render_train_config,
+    summarize_curve,
+    summarize_run,
+    train_model,
+    write_curve,
+)
+from tasks.params import OrpoParams, PathsParams, SftParams, load_stage_params
+from tasks.report import publish_report, write_report
+
+MARGINS = {
+    "margin": "rewards/margins",
+    "chosen": "rewards/chosen",
+    "rejected": "rewards/rejected",
+    "accuracy": "rewards/accuracies",
+}
+
+
+@flow(name="orpo")
+def orpo_flow(paths: PathsParams, params: OrpoParams, sft_model: Path) -> dict[str, Any]:
+    started = time.monotonic()
+    model = check_model_folder(params.model or sft_model, "orpo.model", "sft")
+    datasets = read_dataset_names(paths.orpo, [DOMAIN_PREF])
+    layout = StageLayout(params.output, params.checkpoints)
+    config = render_train_config(
+        "dpo",
+        model,
+        datasets,
+        paths.orpo,
+        layout,
+        params.train,
+        deepspeed=params.deepspeed is not None,
+        extra={"pref_loss": "orpo"},
+    )
+    comment = f"llamafactory-cli train {layout.train_yaml}: written by flows/orpo.py from params"
+    config = prepare_run(
+        layout, config, params.deepspeed, params.processes_per_node, [model, paths.orpo], comment
+    )
+    history = train_model(layout, params.processes_per_node, "orpo")
+    export_model(layout, config, params.export)
+
+    loss = extract_curve(history, {"loss": "loss"})
+    margins = extract_curve(history, MARGINS)
+    write_curve(paths.reports / "orpo_loss.csv", loss, ["loss"])
+    write_curve(paths.reports / "orpo_margins.csv", margins, list(MARGINS))
+    report = describe_config(config) | summarize_run(
+        history, read_train_results(layout.checkpoints)
+    )
+    report["pref_beta"] = config.get("pref_beta")
+    report["margin"] = summarize_curve([r["margin"] for r in margins])
+    report["wall_s"] = round(time.monotonic() - started, 2)
+    write_report(paths.reports, "orpo", report)
+    publish_report("orpo", report)
+    return report
+
+
+if __name__ == "__main__":
+    paths, params = load_stage_params("orpo", OrpoParams)
+    sft = load_stage_params("sft", SftParams)[1]
+    orpo_flow(paths, params, sft.output / "model")

@@ -1,0 +1,82 @@
+"""sft: supervised fine-tuning with LlamaFactory on the domain Q/A, mixed with a general
+instruction set when the datasets stage wrote one.
+
+Run with `dvc repro sft` (or `python -m flows.sft`). Reads params `sft:` (LlamaFactory's own
+keys under `sft.train`), `cpt.output` + `cpt.phases` (the starting model: the last phase's
+folder unless `sft.model` names one), `datasets.general_sft.ratio` (the mix), and data/sft.
+Writes models/sft/ (train.yaml, export.yaml, adapter/ for LoRA, model/: the merged model plain
+transformers loads), the run's checkpoints under `sft.checkpoints` (kept, so a killed run
+resumes), reports/sft.json and reports/sft_loss.csv (DVC plot). LlamaFactory's output is
+streamed into the Prefect run log; a NaN loss stops the stage.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from tasks.chat_sets import DOMAIN_SFT, GENERAL_SFT
+from tasks.llamafactory_run import (
+    StageLayout,
+    check_model_folder,
+    describe_config,
+    export_model,
+    extract_curve,
+    prepare_run,
+    read_dataset_names,
+    read_train_results,
+    render_mix,
+    render_train_config,
+    summarize_run,
+    train_model,
+    write_curve,
+)
+from tasks.params import CptParams, DatasetsParams, PathsParams, SftParams, load_stage_params
+from tasks.report import publish_report, write_report
+
+
+@flow(name="sft")
+def sft_flow(
+    paths: PathsParams, params: SftParams, cpt_model: Path, general_ratio: float
+) -> dict[str, Any]:
+    started = time.monotonic()
+    model = check_model_folder(params.model or cpt_model, "sft.model", "cpt")
+    datasets = read_dataset_names(paths.sft, [DOMAIN_SFT], optional=[GENERAL_SFT])
+    layout = StageLayout(params.output, params.checkpoints)
+    mix = render_mix(datasets, params.train, general_ratio)
+    config = render_train_config(
+        "sft",
+        model,
+        datasets,
+        paths.sft,
+        layout,
+        params.train,
+        deepspeed=params.deepspeed is not None,
+        extra=mix,
+    )
+    comment = f"llamafactory-cli train {layout.train_yaml}: written by flows/sft.py from params"
+    config = prepare_run(
+        layout, config, params.deepspeed, params.processes_per_node, [model, paths.sft], comment
+    )
+    history = train_model(layout, params.processes_per_node, "sft")
+    export_model(layout, config, params.export)
+
+    loss = extract_curve(history, {"loss": "loss"})
+    write_curve(paths.reports / "sft_loss.csv", loss, ["loss"])
+    report = describe_config(config) | summarize_run(
+        history, read_train_results(layout.checkpoints)
+    )
+    report["wall_s"] = round(time.monotonic() - started, 2)
+    write_report(paths.reports, "sft", report)
+    publish_report("sft", report)
+    return report
+
+
+if __name__ == "__main__":
+    paths, params = load_stage_params("sft", SftParams)
+    cpt = load_stage_params("cpt", CptParams)[1]
+    datasets = load_stage_params("datasets", DatasetsParams)[1]
+    sft_flow(paths, params, cpt.output / cpt.phases[-1].name, datasets.general_sft.ratio)
