@@ -12,9 +12,7 @@ Parsing and filtering always run again from the cached replies: they are cheap a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import heapq
 import itertools
 import json
 import logging
@@ -22,7 +20,7 @@ import math
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -213,66 +211,14 @@ class CallResult:
     made: bool  # False when read back from the cache
 
 
-# Lower goes first. A points reply unlocks two triple calls per point while a Q/A reply unlocks
-# nothing, so points calls jump the queue and Q/A calls fill the slots the chains leave idle:
-# the endpoint stays at full concurrency until the last call.
-CALL_PRIORITY = {"points": 0, "good": 1, "false_premise": 1, "qa": 2}
-
-
-class PriorityGate:
-    """At most `limit` holders at once; waiters enter lowest priority first, then in order."""
-
-    def __init__(self, limit: int) -> None:
-        self.free = limit
-        self.waiting: list[tuple[int, int, asyncio.Future[None]]] = []
-        self.order = itertools.count()
-
-    @contextlib.asynccontextmanager
-    async def slot(self, priority: int) -> AsyncIterator[None]:
-        if self.free > 0 and not self.waiting:
-            self.free -= 1
-        else:
-            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            heapq.heappush(self.waiting, (priority, next(self.order), turn))
-            try:
-                await turn
-            except asyncio.CancelledError:
-                if turn.done() and not turn.cancelled():
-                    self.release()  # handed the slot just as it was cancelled
-                else:
-                    self.forget(turn)
-                raise
-        try:
-            yield
-        finally:
-            self.release()
-
-    def forget(self, turn: asyncio.Future[None]) -> None:
-        self.waiting = [w for w in self.waiting if w[2] is not turn]
-        heapq.heapify(self.waiting)
-
-    def release(self) -> None:
-        while self.waiting:
-            _, _, turn = heapq.heappop(self.waiting)
-            if not turn.done():
-                turn.set_result(None)
-                return
-        self.free += 1
-
-
 @dataclass
 class Settings:
-    """What every page's calls share: params, the cache folder, the calls seen this run, and
-    the gate that orders calls when more are ready than the endpoint's concurrency."""
+    """What every page's calls share: params, the cache folder, the calls seen this run."""
 
     params: SynthParams
     cache_dir: Path
     calls: list[CallResult] = field(default_factory=list)
     failed_calls: int = 0
-    gate: PriorityGate = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.gate = PriorityGate(self.params.endpoint.concurrency)
 
     @property
     def persona(self) -> Persona:
@@ -356,10 +302,7 @@ async def fetch_completion(client: ChatClient, request: CallRequest, s: Settings
     started = time.monotonic()
     try:
         body = s.request_body(request.grammar)
-        async with s.gate.slot(CALL_PRIORITY[request.kind]):
-            reply = await client.complete(
-                request.messages, grammar=request.grammar, extra_body=body
-            )
+        reply = await client.complete(request.messages, grammar=request.grammar, extra_body=body)
     except (EndpointError, openai.APIError):
         s.failed_calls += 1
         raise
