@@ -37,6 +37,9 @@ class Completion:
     prompt_tokens: int  # 0 when the server sent no usage
     completion_tokens: int
     model: str
+    # Prompt tokens the server took from its prefix cache (usage.prompt_tokens_details.
+    # cached_tokens; llama.cpp sends it, vLLM with --enable-prompt-tokens-details); 0 if unsent.
+    cached_prompt_tokens: int = 0
 
 
 class EndpointError(RuntimeError):
@@ -104,12 +107,15 @@ def parse_completion(text: str, where: str, default_model: str) -> Completion:
     if not isinstance(content, str):
         raise MalformedReplyError(f"{where}: choices[0].message.content is {content!r}")
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
     return Completion(
         text=content,
         finish_reason=str(choices[0].get("finish_reason") or "unknown"),
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
         completion_tokens=int(usage.get("completion_tokens") or 0),
         model=str(data.get("model") or default_model),
+        cached_prompt_tokens=int(cached or 0),
     )
 
 

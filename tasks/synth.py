@@ -209,6 +209,7 @@ class CallResult:
     model: str
     seconds: float
     made: bool  # False when read back from the cache
+    cached_prompt_tokens: int = 0  # prompt tokens the server took from its prefix cache
 
 
 @dataclass
@@ -274,6 +275,7 @@ def read_cached(cache_dir: Path, key: str) -> CallResult | None:
         str(data["model"]),
         float(data["seconds"]),
         made=False,
+        cached_prompt_tokens=int(data.get("cached_prompt_tokens", 0)),
     )
 
 
@@ -287,6 +289,7 @@ def write_cached(cache_dir: Path, request: CallRequest, result: CallResult) -> N
         "finish_reason": result.finish_reason,
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
+        "cached_prompt_tokens": result.cached_prompt_tokens,
         "model": result.model,
         "seconds": result.seconds,
     }
@@ -316,6 +319,7 @@ async def fetch_completion(client: ChatClient, request: CallRequest, s: Settings
         reply.model,
         seconds,
         made=True,
+        cached_prompt_tokens=reply.cached_prompt_tokens,
     )
     write_cached(s.cache_dir, request, result)
     s.calls.append(result)
@@ -690,6 +694,8 @@ def summarize_calls(calls: Sequence[CallResult], failed: int, generate_s: float)
         "calls": {"made": len(made), "reused": len(calls) - len(made), "failed": failed},
         "tokens": {
             "prompt_made": sum(c.prompt_tokens for c in made),
+            # Of those, served from the endpoint's prefix cache (when the server reports it).
+            "prompt_cached_made": sum(c.cached_prompt_tokens for c in made),
             "completion_made": completion_made,
             "prompt_total": sum(c.prompt_tokens for c in calls),
             "completion_total": sum(c.completion_tokens for c in calls),

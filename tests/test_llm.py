@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import re
 from typing import Any
 
@@ -16,6 +17,7 @@ from tasks.llm import (
     OpenAIChatClient,
     build_client,
     check_endpoint,
+    parse_completion,
 )
 from tasks.params import EndpointParams, SamplingParams
 from tasks.services import free_port
@@ -50,6 +52,17 @@ async def test_ok_reply_becomes_a_completion(fake_openai: FakeOpenAI) -> None:
         2,
     )
     assert got.model == "fake-model"
+
+
+@pytest.mark.parametrize(
+    ("details", "cached"),
+    [({"cached_tokens": 8}, 8), ({"cached_tokens": None}, 0), (None, 0), ("junk", 0)],
+)
+def test_prefix_cache_hits_come_from_usage_details(details: Any, cached: int) -> None:
+    usage = {"prompt_tokens": 10, "completion_tokens": 1, "prompt_tokens_details": details}
+    body = {"choices": [{"message": {"content": "x"}, "finish_reason": "stop"}], "usage": usage}
+    got = parse_completion(json.dumps(body), "http://x/v1/chat/completions", "m")
+    assert (got.prompt_tokens, got.cached_prompt_tokens) == (10, cached)
 
 
 @pytest.mark.asyncio
@@ -233,6 +246,9 @@ async def test_real_smollm2_follows_a_grammar() -> None:
             await check_endpoint(client)
             prompt = "Write one question and its answer about installing Python packages."
             got = await client.complete([{"role": "user", "content": prompt}], grammar=QA_GRAMMAR)
+            again = await client.complete([{"role": "user", "content": prompt}], grammar=QA_GRAMMAR)
     assert got.finish_reason == "stop", got
     assert QA_FORMAT.match(got.text), got.text
     assert got.completion_tokens > 0 and got.prompt_tokens > 0
+    # The repeated prompt comes from llama.cpp's prefix cache, and the usage says so.
+    assert got.cached_prompt_tokens == 0 < again.cached_prompt_tokens < again.prompt_tokens + 1
