@@ -17,7 +17,7 @@ import httpx
 import huggingface_hub
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tasks.base_model import (
     SAMPLE_PAGE,
@@ -37,7 +37,7 @@ from tasks.base_model import (
     write_converted_gguf,
 )
 from tasks.tokens import find_smollm2_gguf
-from tests.tiny_models import write_tiny_gguf
+from tests.tiny_models import tiny_llama, write_tiny_gguf
 
 
 @dataclass(frozen=True)
@@ -165,17 +165,8 @@ def test_agreement_summary_and_gate() -> None:
 
 @pytest.fixture
 def tiny_model(tmp_path: Path) -> Path:
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    torch.manual_seed(0)
     folder = tmp_path / "tiny"
-    LlamaForCausalLM(config).save_pretrained(folder)
+    tiny_llama().save_pretrained(folder)
     return folder
 
 

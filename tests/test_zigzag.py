@@ -24,6 +24,7 @@ from tasks.zigzag import (
     zigzag_position_ids,
     zigzag_split,
 )
+from tests.tiny_models import tiny_llama
 
 worlds = st.integers(1, 4)
 chunks = st.integers(1, 4)  # tokens per chunk; a sequence is 2 * world chunks
@@ -121,19 +122,7 @@ def test_given_position_ids_are_split_with_the_tokens() -> None:
 
 
 def test_loss_over_shards_equals_loss_over_the_sequence() -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    model = LlamaForCausalLM(config).eval()
+    model = tiny_llama(vocab_size=64).eval()
     world, seq_len = 3, 24
     input_ids = torch.randint(0, 64, (2, seq_len))
     mask = torch.ones_like(input_ids)

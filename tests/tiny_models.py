@@ -1,12 +1,17 @@
-"""Tiny real models the tests build: a Llama GGUF as llama.cpp's converter writes one, with
-random weights, so model-stage and pipeline tests run in seconds."""
+"""Tiny real models the tests build: a Llama GGUF as llama.cpp's converter writes one, and a
+transformers Llama, both with random weights, so model-stage, zigzag and pipeline tests run in
+seconds."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gguf
 import numpy as np
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}{{'<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n'}}"
@@ -82,3 +87,22 @@ def write_tiny_gguf(path: Path, hidden: int = 32, layers: int = 2, seed: int = 0
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def tiny_llama(vocab_size: int = 64, max_positions: int = 64, seed: int = 0) -> LlamaForCausalLM:
+    """A transformers Llama with random weights drawn after torch.manual_seed(seed): hidden
+    size 32, 2 layers, 4 heads sharing 2 KV heads (grouped-query attention)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
