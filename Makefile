@@ -49,7 +49,7 @@ $(SPHINX_SITE)/index.html:
 	test -f $@
 
 demo: setup
-	$(BIN)/python -m tasks.demo
+	$(BIN)/python -m tasks.services.demo
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest
@@ -63,19 +63,19 @@ lint: $(VENV)/.installed
 	$(BIN)/mypy
 
 bench: setup
-	$(BIN)/python -m tasks.bench --site $(SITE) --out reports/bench.json
-	$(BIN)/python -m tasks.bench_synth --markdown data/markdown --out reports/bench_synth.json
-	$(BIN)/python -m tasks.bench_packing --site $(SITE) --out reports/bench_packing.json
-	$(BIN)/python -m tasks.bench_cpt --out reports/bench_cpt.json
-	$(BIN)/python -m tasks.bench_sft --out reports/bench_sft.json
+	$(BIN)/python -m tasks.bench.markdown --site $(SITE) --out reports/bench.json
+	$(BIN)/python -m tasks.bench.synth --markdown data/markdown --out reports/bench_synth.json
+	$(BIN)/python -m tasks.bench.packing --site $(SITE) --out reports/bench_packing.json
+	$(BIN)/python -m tasks.bench.cpt --out reports/bench_cpt.json
+	$(BIN)/python -m tasks.bench.sft --out reports/bench_sft.json
 
 # Converter quality with no selector, on two sites from different generators; the reference
 # main content is picked by a per-site selector given here, never by the converter.
 eval-markdown: setup $(SPHINX_SITE)/index.html
-	$(BIN)/python -m tasks.quality --site $(SITE) --base-url https://www.postgresql.org/docs/15/ \
+	$(BIN)/python -m tasks.bench.markdown_quality --site $(SITE) --base-url https://www.postgresql.org/docs/15/ \
 		--reference-selector body --reference-drop "div.navheader, div.navfooter" \
 		--out reports/markdown_quality_postgresql.json
-	$(BIN)/python -m tasks.quality --site $(SPHINX_SITE) --base-url https://docs.python.org/3.11/ \
+	$(BIN)/python -m tasks.bench.markdown_quality --site $(SPHINX_SITE) --base-url https://docs.python.org/3.11/ \
 		--reference-selector "div[role=main]" --out reports/markdown_quality_python.json
 
 ui: $(VENV)/.installed

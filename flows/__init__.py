@@ -1,25 +1,45 @@
 """One Prefect flow per pipeline stage, each run as `python -m flows.NAME` by its dvc.yaml stage.
 
 Importing this package fixes the process environment every stage needs before Prefect or any
-ML library is imported: run history in the project's own Prefect home, nothing phoning home.
-Values already set by the user win.
+ML library is imported: run history in the project's own Prefect home, nothing phoning home,
+the Hugging Face hub offline unless a stage's params need it (tasks.core.env). Values already
+set by the user win.
 """
 
 import os
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-_DEFAULTS = {
-    "PREFECT_HOME": str(Path.cwd() / ".prefect"),
-    # The ephemeral server needs well over the default 20 s to start on a busy 2-core machine.
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "DVC_NO_ANALYTICS": "1",
-    "DEEPEVAL_TELEMETRY_OPT_OUT": "1",
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}
-for _key, _value in _DEFAULTS.items():
-    os.environ.setdefault(_key, _value)
+from tasks.core.env import apply_stage_defaults
+
+os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
+# The ephemeral server needs well over the default 20 s to start on a busy 2-core machine.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+apply_stage_defaults()
+
+
+def git_revision() -> str:
+    """The checkout's short commit, `+changes` when tracked files differ from it."""
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "no-git"
+    return rev + ("+changes" if dirty.returncode else "")
+
+
+def run_name(stage: str, key: str | None = None) -> Callable[[], str]:
+    """A flow run name a person can find in the Prefect history: the stage (with the value of
+    parameter `key`, e.g. cpt@short), the git revision and the start time."""
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        label = f"{stage}@{flow_run.parameters[key]}" if key else stage
+        return f"{label} {git_revision()} {time.strftime('%Y-%m-%d %H:%M:%S')}"
+
+    return name

@@ -4,7 +4,7 @@ Run with `dvc repro cpt@short` (every phase in order: `dvc repro cpt`), or
 `python -m flows.cpt short` (no phase named: every phase in order). Reads params `cpt:`, the
 phase's packed rows data/cpt/<phase>, the held-out pages data/eval/pages.jsonl and the model
 the phase starts from (`init_from`: models/base, then the previous phase's model). Starts
-tasks.cpt_train under the deepspeed launcher (or torchrun) and streams its log into the Prefect
+tasks.cpt.train under the deepspeed launcher (or torchrun) and streams its log into the Prefect
 run; a run killed part-way resumes from the newest checkpoint in <cpt.checkpoints>/<phase>
 when its settings and inputs are unchanged. Writes models/cpt/<phase> (model, tokenizer,
 ds_config.json, train_params.json), reports/cpt_<phase>.json (run summary, final step,
@@ -23,7 +23,13 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.cpt_config import (
+from flows import run_name
+from tasks.core.io import write_text_atomic
+from tasks.core.packed import read_phase_meta
+from tasks.core.params import CptParams, ParamsError, PathsParams, load_stage_params
+from tasks.core.procs import free_port, stream_process
+from tasks.core.report import publish_report, write_report
+from tasks.cpt.config import (
     RUN_FILE,
     RunSpec,
     plan_steps,
@@ -33,24 +39,18 @@ from tasks.cpt_config import (
     render_run_spec,
     render_train_params,
 )
-from tasks.cpt_run import (
+from tasks.cpt.launch import (
     check_phase_inputs,
-    find_free_port,
     prepare_checkpoint_dir,
     read_input_hashes,
     read_step_log,
     read_trainer_result,
     render_report,
     render_steps_csv,
-    run_streaming,
     write_model_folder,
     write_run_spec,
 )
-from tasks.io import write_text_atomic
-from tasks.packing import read_phase_meta
-from tasks.params import CptParams, ParamsError, PathsParams, load_stage_params
-from tasks.perplexity import measure_perplexity, read_eval_texts
-from tasks.report import publish_report, write_report
+from tasks.cpt.perplexity import measure_perplexity, read_eval_texts
 
 
 @task(name="prepare-checkpoints", cache_policy=NO_CACHE)
@@ -67,12 +67,12 @@ def prepare(spec: RunSpec) -> str:
 def train(spec: RunSpec, params: CptParams) -> dict[str, Any]:
     import torch
 
-    port = params.master_port or find_free_port()
+    port = params.master_port or free_port()
     command = render_launch_command(params, spec.checkpoint_dir / RUN_FILE, port)
     env = render_launch_env(
         os.environ, params, cuda=torch.cuda.is_available(), cores=os.cpu_count() or 1
     )
-    code, tail = run_streaming(command, env, get_run_logger().info)
+    code, tail = stream_process(command, env, get_run_logger().info)
     if code != 0:
         last = "\n".join(tail[-15:])
         raise RuntimeError(f"the cpt trainer exited with code {code}; its last lines:\n{last}")
@@ -91,8 +91,9 @@ def perplexity(model_dir: Path, texts: list[str], seq_len: int) -> dict[str, Any
     return measure_perplexity(model_dir, texts, seq_len)
 
 
-@flow(name="cpt", flow_run_name="cpt-{phase}")
+@flow(name="cpt", flow_run_name=run_name("cpt", key="phase"))
 def cpt_flow(paths: PathsParams, params: CptParams, phase: str) -> dict[str, Any]:
+    """Continue pre-training one curriculum phase with DeepSpeed from its starting model."""
     started = time.monotonic()
     settings = params.phase(phase)
     steps = plan_steps(params, settings, read_phase_meta(paths.cpt / phase).rows)
@@ -115,13 +116,8 @@ def cpt_flow(paths: PathsParams, params: CptParams, phase: str) -> dict[str, Any
 
 
 def main(argv: list[str]) -> None:
-    paths, params = load_stage_params("cpt", CptParams)
-    first = params.phases[0]
-    if first.init_from != paths.base_model:
-        raise SystemExit(
-            f"error: cpt.phases.{first.name}.init_from ({first.init_from}) must be "
-            f"paths.base_model ({paths.base_model}), whose tokenizer packed {paths.cpt}"
-        )
+    loaded = load_stage_params()
+    paths, params = loaded.paths, loaded.cpt
     names = argv or [p.name for p in params.phases]
     try:
         for name in names:

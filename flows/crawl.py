@@ -12,9 +12,10 @@ from typing import Any
 
 from prefect import flow, task
 
-from tasks.crawl import crawl_site
-from tasks.params import CrawlParams, PathsParams, load_stage_params
-from tasks.report import publish_report, write_report
+from flows import run_name
+from tasks.core.params import CrawlParams, PathsParams, load_stage_params
+from tasks.core.report import publish_report, write_report
+from tasks.crawl.crawler import crawl_site
 
 
 @task(name="crawl-site")
@@ -22,8 +23,9 @@ def crawl(params: CrawlParams, paths: PathsParams, auth_header: str | None) -> d
     return crawl_site(params, paths.raw, auth_header=auth_header)
 
 
-@flow(name="crawl")
+@flow(name="crawl", flow_run_name=run_name("crawl"))
 def crawl_flow(paths: PathsParams, params: CrawlParams) -> dict[str, Any]:
+    """Fetch the documentation site politely into data/raw."""
     report = crawl(params, paths, params.auth_header())
     write_report(paths.reports, "crawl", report)
     publish_report("crawl", report)
@@ -31,4 +33,5 @@ def crawl_flow(paths: PathsParams, params: CrawlParams) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    crawl_flow(*load_stage_params("crawl", CrawlParams))
+    params = load_stage_params()
+    crawl_flow(params.paths, params.require_crawl())

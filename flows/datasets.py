@@ -15,17 +15,16 @@ from typing import Any
 
 from prefect import flow, task
 
-from tasks.datasets import DatasetDirs, build_datasets, load_base_tokenizer
-from tasks.params import (
+from flows import run_name
+from tasks.core.params import (
     CompetencyMix,
-    CptParams,
     DatasetsParams,
     PathsParams,
     PhaseParams,
-    SynthParams,
     load_stage_params,
 )
-from tasks.report import publish_report, write_report
+from tasks.core.report import publish_report, write_report
+from tasks.datasets.build import DatasetDirs, build_datasets, load_base_tokenizer
 
 
 @task(name="build-datasets")
@@ -35,10 +34,11 @@ def build(
     return build_datasets(dirs, params, phases, mix, load_base_tokenizer(dirs.base_model))
 
 
-@flow(name="datasets")
+@flow(name="datasets", flow_run_name=run_name("datasets"))
 def datasets_flow(
     paths: PathsParams, params: DatasetsParams, phases: list[PhaseParams], mix: CompetencyMix
 ) -> dict[str, Any]:
+    """Split, clean and pack the documents and synthetic data into the training sets."""
     started = time.monotonic()
     dirs = DatasetDirs(
         paths.markdown,
@@ -58,7 +58,5 @@ def datasets_flow(
 
 
 if __name__ == "__main__":
-    paths, params = load_stage_params("datasets", DatasetsParams)
-    cpt = load_stage_params("cpt", CptParams)[1]
-    synth = load_stage_params("synth", SynthParams)[1]
-    datasets_flow(paths, params, cpt.phases, synth.competency_mix)
+    params = load_stage_params()
+    datasets_flow(params.paths, params.datasets, params.cpt.phases, params.synth.competency_mix)

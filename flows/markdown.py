@@ -10,25 +10,24 @@ Pages whose source, params and converter are unchanged are not converted again.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
 
-from tasks.markdown import build_markdown
-from tasks.params import MarkdownParams, PathsParams, load_stage_params
-from tasks.report import publish_report, write_report
-
-TOKENIZER_CACHE = Path(".cache/tokenizers")
+from flows import run_name
+from tasks.core.params import MarkdownParams, PathsParams, load_stage_params
+from tasks.core.report import publish_report, write_report
+from tasks.markdown.build import build_markdown
 
 
 @task(name="convert-pages")
 def convert(paths: PathsParams, params: MarkdownParams) -> dict[str, Any]:
-    return build_markdown(paths.raw, paths.markdown, params, TOKENIZER_CACHE)
+    return build_markdown(paths.raw, paths.markdown, params, paths.cache / "tokenizers")
 
 
-@flow(name="markdown")
+@flow(name="markdown", flow_run_name=run_name("markdown"))
 def markdown_flow(paths: PathsParams, params: MarkdownParams) -> dict[str, Any]:
+    """Convert each crawled page's main content into Markdown with front matter."""
     started = time.monotonic()
     report = convert(paths, params)
     report["wall_s"] = round(time.monotonic() - started, 2)
@@ -38,4 +37,5 @@ def markdown_flow(paths: PathsParams, params: MarkdownParams) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    markdown_flow(*load_stage_params("markdown", MarkdownParams))
+    params = load_stage_params()
+    markdown_flow(params.paths, params.markdown)

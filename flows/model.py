@@ -18,18 +18,18 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.base_model import (
+from flows import run_name
+from tasks.core.io import promote_folder, staging_folder
+from tasks.core.params import ModelParams, PathsParams, load_stage_params
+from tasks.core.report import publish_report, write_report
+from tasks.model.base import (
     ModelSource,
     check_agreement,
     describe_model_folder,
-    promote_folder,
     resolve_model_source,
-    staging_folder,
     verify_conversion,
     write_base_model,
 )
-from tasks.params import ModelParams, PathsParams, load_stage_params
-from tasks.report import publish_report, write_report
 
 
 @task(name="write-base-model", cache_policy=NO_CACHE)
@@ -44,8 +44,9 @@ def verify(source: ModelSource, folder: Path, positions: int) -> dict[str, Any]:
     return verify_conversion(source, folder, positions)
 
 
-@flow(name="model")
+@flow(name="model", flow_run_name=run_name("model"))
 def model_flow(paths: PathsParams, params: ModelParams) -> dict[str, Any]:
+    """Materialize the base model every training stage starts from into models/base."""
     started = time.monotonic()
     source = resolve_model_source(params.base, params.gguf, params.revision)
     with staging_folder(paths.base_model) as staging:
@@ -64,4 +65,5 @@ def model_flow(paths: PathsParams, params: ModelParams) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    model_flow(*load_stage_params("model", ModelParams))
+    params = load_stage_params()
+    model_flow(params.paths, params.model)

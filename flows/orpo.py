@@ -18,8 +18,11 @@ from typing import Any
 
 from prefect import flow
 
-from tasks.chat_sets import DOMAIN_PREF
-from tasks.llamafactory_run import (
+from flows import run_name
+from tasks.core.params import OrpoParams, PathsParams, load_stage_params
+from tasks.core.records import DOMAIN_PREF
+from tasks.core.report import publish_report, write_report
+from tasks.finetune.llamafactory import (
     StageLayout,
     check_model_folder,
     describe_config,
@@ -34,8 +37,6 @@ from tasks.llamafactory_run import (
     train_model,
     write_curve,
 )
-from tasks.params import OrpoParams, PathsParams, SftParams, load_stage_params
-from tasks.report import publish_report, write_report
 
 MARGINS = {
     "margin": "rewards/margins",
@@ -45,8 +46,9 @@ MARGINS = {
 }
 
 
-@flow(name="orpo")
+@flow(name="orpo", flow_run_name=run_name("orpo"))
 def orpo_flow(paths: PathsParams, params: OrpoParams, sft_model: Path) -> dict[str, Any]:
+    """Preference-train the SFT model with LlamaFactory's ORPO loss."""
     started = time.monotonic()
     model = check_model_folder(params.model or sft_model, "orpo.model", "sft")
     datasets = read_dataset_names(paths.orpo, [DOMAIN_PREF])
@@ -84,6 +86,5 @@ def orpo_flow(paths: PathsParams, params: OrpoParams, sft_model: Path) -> dict[s
 
 
 if __name__ == "__main__":
-    paths, params = load_stage_params("orpo", OrpoParams)
-    sft = load_stage_params("sft", SftParams)[1]
-    orpo_flow(paths, params, sft.output / "model")
+    params = load_stage_params()
+    orpo_flow(params.paths, params.orpo, params.sft.output / "model")

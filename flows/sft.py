@@ -18,8 +18,11 @@ from typing import Any
 
 from prefect import flow
 
-from tasks.chat_sets import DOMAIN_SFT, GENERAL_SFT
-from tasks.llamafactory_run import (
+from flows import run_name
+from tasks.core.params import PathsParams, SftParams, load_stage_params
+from tasks.core.records import DOMAIN_SFT, GENERAL_SFT
+from tasks.core.report import publish_report, write_report
+from tasks.finetune.llamafactory import (
     StageLayout,
     check_model_folder,
     describe_config,
@@ -34,14 +37,17 @@ from tasks.llamafactory_run import (
     train_model,
     write_curve,
 )
-from tasks.params import CptParams, DatasetsParams, PathsParams, SftParams, load_stage_params
-from tasks.report import publish_report, write_report
 
 
-@flow(name="sft")
+@flow(name="sft", flow_run_name=run_name("sft"))
 def sft_flow(
-    paths: PathsParams, params: SftParams, cpt_model: Path, general_ratio: float
+    paths: PathsParams,
+    params: SftParams,
+    cpt_model: Path,
+    general_ratio: float,
+    hub: bool = False,
 ) -> dict[str, Any]:
+    """Fine-tune on the domain Q/A (mixed with a general instruction set) with LlamaFactory."""
     started = time.monotonic()
     model = check_model_folder(params.model or cpt_model, "sft.model", "cpt")
     datasets = read_dataset_names(paths.sft, [DOMAIN_SFT], optional=[GENERAL_SFT])
@@ -61,7 +67,7 @@ def sft_flow(
     config = prepare_run(
         layout, config, params.deepspeed, params.processes_per_node, [model, paths.sft], comment
     )
-    history = train_model(layout, params.processes_per_node, "sft")
+    history = train_model(layout, params.processes_per_node, "sft", hub=hub)
     export_model(layout, config, params.export)
 
     loss = extract_curve(history, {"loss": "loss"})
@@ -76,7 +82,12 @@ def sft_flow(
 
 
 if __name__ == "__main__":
-    paths, params = load_stage_params("sft", SftParams)
-    cpt = load_stage_params("cpt", CptParams)[1]
-    datasets = load_stage_params("datasets", DatasetsParams)[1]
-    sft_flow(paths, params, cpt.output / cpt.phases[-1].name, datasets.general_sft.ratio)
+    params = load_stage_params()
+    cpt = params.cpt
+    sft_flow(
+        params.paths,
+        params.sft,
+        cpt.output / cpt.phases[-1].name,
+        params.datasets.general_sft.ratio,
+        hub=params.needs_hub("sft"),
+    )

@@ -1,7 +1,7 @@
 """synth: generate training data from every Markdown page through an OpenAI-compatible endpoint.
 
 Run with `dvc repro synth` (or `python -m flows.synth`). The endpoint in params `synth.endpoint`
-must be up (default: `python -m tasks.llm_server --port 8766`); it is checked before any work.
+must be up (default: `python -m tasks.llm.server --port 8766`); it is checked before any work.
 Reads params `synth:` and data/markdown; writes data/qa/pairs.jsonl (Q/A pairs citing their
 page), data/pref/triples.jsonl (<prompt, chosen, rejected> for ORPO), an exclusions.jsonl beside
 each (every drop and failed page, with its reason), data/synth_cache/ (one file per LLM reply,
@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.llm import ChatClient, build_client, check_endpoint
-from tasks.params import PathsParams, SynthParams, load_stage_params
-from tasks.report import publish_report, write_report
-from tasks.synth import (
+from flows import run_name
+from tasks.core.params import PathsParams, SynthParams, load_stage_params
+from tasks.core.report import publish_report, write_report
+from tasks.llm.client import ChatClient, build_client, check_endpoint
+from tasks.synth.generate import (
     PageOutcome,
     PageWork,
     Settings,
@@ -33,8 +33,6 @@ from tasks.synth import (
     run_synth,
     synthesize_page,
 )
-
-TOKENIZER_CACHE = Path(".cache/tokenizers")
 
 
 @task(name="synth-page", cache_policy=NO_CACHE, task_run_name="synth-{work.doc.id}")
@@ -48,10 +46,11 @@ async def generate(dirs: SynthDirs, params: SynthParams, count: TokenCounter) ->
         return await run_synth(client, dirs, params, count, run_page=synth_page)
 
 
-@flow(name="synth")
+@flow(name="synth", flow_run_name=run_name("synth"))
 def synth_flow(paths: PathsParams, params: SynthParams) -> dict[str, Any]:
+    """Synthesize grounded Q/A pairs and preference triples through the endpoint."""
     started = time.monotonic()
-    count = read_token_counter(params.tokenizer, TOKENIZER_CACHE)
+    count = read_token_counter(params.tokenizer, paths.cache / "tokenizers")
     dirs = SynthDirs(paths.markdown, paths.qa, paths.pref, paths.synth_cache)
     report = asyncio.run(generate(dirs, params, count))
     report["wall_s"] = round(time.monotonic() - started, 2)
@@ -62,4 +61,5 @@ def synth_flow(paths: PathsParams, params: SynthParams) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    synth_flow(*load_stage_params("synth", SynthParams))
+    params = load_stage_params()
+    synth_flow(params.paths, params.synth)

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.docsite import DocSite, serve_site
+from tests.support.docsite import DocSite, serve_site
 
-pytest_plugins = ["tests.llm_fixtures"]
+pytest_plugins = ["tests.support.llm_fixtures"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

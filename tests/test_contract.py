@@ -1,9 +1,12 @@
 """dvc.yaml, params.yaml and the flows agree: each stage runs its own flow module, depends on
-every project module that flow imports, and declares its params section and report. A foreach
-stage (cpt) is checked once per generated stage (cpt@short, ...), as DVC expands it."""
+every project module that flow imports (a file, or the folder holding it), and declares its
+params section and report. A foreach stage (cpt) is checked once per generated stage
+(cpt@short, ...), as DVC expands it. And the layout holds: a stage package imports only the
+shared core, the LLM access layer and itself."""
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import subprocess
@@ -13,7 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.params import STAGES
+from tasks.core.params import STAGES
+
+STAGE_PACKAGES = ("crawl", "markdown", "synth", "model", "datasets", "cpt", "finetune")
+SHARED_PACKAGES = ("core", "llm")
+# Modules a stage runs as a separate process instead of importing.
+CHILD_MODULES = {"cpt": "tasks.cpt.train", "model": "tasks.model.hub"}
 
 REPO = Path(__file__).resolve().parents[1]
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())
@@ -61,9 +69,9 @@ def expand_stages() -> dict[str, dict]:
 STAGE_SPECS = expand_stages()
 
 
-def imported_project_files(module: str) -> set[str]:
+def imported_project_files(*modules: str) -> set[str]:
     code = (
-        f"import json, sys, {module}; print(json.dumps(sorted(m.__file__ for n, m in "
+        f"import json, sys, {', '.join(modules)}; print(json.dumps(sorted(m.__file__ for n, m in "
         "sys.modules.items() if n.split('.')[0] in ('flows', 'tasks') and m.__file__)))"
     )
     out = subprocess.run(
@@ -92,7 +100,13 @@ def test_stage_runs_its_flow_and_depends_on_its_code(name: str) -> None:
         for part in rest:
             value = value[part]
         assert section in STAGES and (section != stage or key)
-    missing = imported_project_files(f"flows.{stage}") - set(names(spec["deps"]))
+    modules = [f"flows.{stage}", *([CHILD_MODULES[stage]] if stage in CHILD_MODULES else [])]
+    declared = names(spec["deps"])
+    missing = {
+        path
+        for path in imported_project_files(*modules)
+        if not any(path == dep or path.startswith(dep.rstrip("/") + "/") for dep in declared)
+    }
     assert not missing, f"dvc.yaml stage {name} lacks deps {sorted(missing)}"
     report = name.replace("@", "_")
     assert names(spec["metrics"]) == [f"{PARAMS['paths']['reports']}/{report}.json"]
@@ -116,3 +130,37 @@ def test_stages_chain_through_declared_paths() -> None:
         assert f"{PARAMS['paths']['cpt']}/{phase}" in deps
         assert settings["init_from"] in starts and settings["init_from"] in deps
         assert outs[f"cpt@{phase}"][0] == f"{cpt['output']}/{phase}"
+
+
+def imports_of(path: Path) -> set[str]:
+    """The project modules a file imports (absolute imports; the code uses no relative ones)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {name for name in found if name.split(".")[0] == "tasks"}
+
+
+@pytest.mark.parametrize("package", STAGE_PACKAGES)
+def test_a_stage_package_imports_only_the_core_and_itself(package: str) -> None:
+    allowed = {package, *SHARED_PACKAGES}
+    crossing = {
+        f"{path.relative_to(REPO)} imports {name}"
+        for path in sorted((REPO / "tasks" / package).rglob("*.py"))
+        for name in imports_of(path)
+        if name == "tasks" or name.split(".")[1] not in allowed
+    }
+    assert not crossing, sorted(crossing)
+
+
+@pytest.mark.parametrize("package", SHARED_PACKAGES)
+def test_the_shared_packages_import_no_stage(package: str) -> None:
+    crossing = {
+        f"{path.relative_to(REPO)} imports {name}"
+        for path in sorted((REPO / "tasks" / package).rglob("*.py"))
+        for name in imports_of(path)
+        if name == "tasks" or name.split(".")[1] not in SHARED_PACKAGES
+    }
+    assert not crossing, sorted(crossing)

@@ -15,10 +15,11 @@ import pytest
 import requests
 import yaml
 
-from tasks.services import free_port, run_prefect_server, serve_directory
-from tests.fake_openai import FakeOpenAI, ok, serve_fake_openai
-from tests.synth_fakes import scripted_reply
-from tests.tiny_models import write_tiny_gguf
+from tasks.core.procs import free_port
+from tasks.services.local import run_prefect_server, serve_directory
+from tests.support.fake_openai import FakeOpenAI, ok, serve_fake_openai
+from tests.support.synth_fakes import scripted_reply
+from tests.support.tiny_models import write_tiny_gguf
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_SITE = REPO / "tests" / "fixtures" / "sites" / "postgresql-15"

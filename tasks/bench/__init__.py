@@ -1,0 +1,1 @@
+"""Benchmarks and quality tools, each run as python -m tasks.bench.NAME."""

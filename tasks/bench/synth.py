@@ -1,0 +1,187 @@
+"""The synth stage's throughput against the endpoint's own, in one run:
+`python -m tasks.bench.synth [--markdown data/markdown] [--max-pages 2]`.
+
+Starts llama.cpp as params `synth.local_server` describe and runs the stage with an empty
+cache (every call made) while recording each request; then replays exactly those requests
+(same messages, grammar and body) with plain `openai.AsyncOpenAI` at the same concurrency,
+twice, and runs the stage once more: stage, direct, direct, stage, so a drift in machine speed
+weighs on both sides alike. Every measurement gets a freshly started server: llama.cpp keeps
+the prompts it has seen (its slots and a host-memory prompt cache), and a replay of prompts the
+server already holds skips their prefill, which the first run of a stage cannot. Each run's
+prompt tokens and the share the server took from its prefix cache are reported beside it.
+Reports completion tokens/s of the stage and the direct runs, and the ratio stage / direct
+(goal >= 0.9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, cast
+
+import openai
+
+from tasks.core.io import write_json_atomic
+from tasks.core.params import SynthParams, load_params
+from tasks.core.procs import free_port
+from tasks.core.tokens import find_smollm2_gguf
+from tasks.llm.client import ChatClient, Completion, OpenAIChatClient, grammar_body
+from tasks.llm.server import start_llama_server
+from tasks.synth.generate import SynthDirs, read_token_counter, run_synth
+
+Request = tuple[list[dict[str, str]], str | None, dict[str, Any] | None]
+
+
+class RecordingClient:
+    """Passes calls through and keeps what was asked, for the direct replay."""
+
+    def __init__(self, inner: ChatClient) -> None:
+        self.inner = inner
+        self.requests: list[Request] = []
+
+    async def complete(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        grammar: str | None = None,
+        extra_body: dict[str, Any] | None = None,
+    ) -> Completion:
+        self.requests.append((messages, grammar, extra_body))
+        return await self.inner.complete(messages, grammar=grammar, extra_body=extra_body)
+
+
+def measurement(completion: int, prompt: int, cached: int, wall_s: float) -> dict[str, Any]:
+    return {
+        "completion_tokens": completion,
+        "prompt_tokens": prompt,
+        "prompt_cached_tokens": cached,
+        "wall_s": round(wall_s, 2),
+        "tokens_per_s": round(completion / wall_s, 2) if wall_s else 0.0,
+    }
+
+
+async def run_stage(
+    params: SynthParams, md_dir: Path, work: Path
+) -> tuple[dict[str, Any], RecordingClient]:
+    count = read_token_counter(params.tokenizer, Path(".cache/tokenizers"))
+    dirs = SynthDirs(md_dir, work / "qa", work / "pref", work / "cache")
+    async with OpenAIChatClient(params.endpoint, structured=params.structured) as client:
+        recorder = RecordingClient(client)
+        report = await run_synth(recorder, dirs, params, count)
+    tokens = report["tokens"]
+    run = measurement(
+        tokens["completion_made"],
+        tokens["prompt_made"],
+        tokens["prompt_cached_made"],
+        report["generate_s"],
+    )
+    outputs = {
+        "calls": report["calls"]["made"],
+        "pairs": report["pairs"],
+        "triples": report["triples"],
+        "parse_failures": report["parse_failures"],
+        "dropped_by_reason": report["dropped_by_reason"],
+    }
+    return {**run, **outputs}, recorder
+
+
+async def replay_direct(params: SynthParams, requests: list[Request]) -> dict[str, Any]:
+    endpoint = params.endpoint
+    client = openai.AsyncOpenAI(base_url=endpoint.base_url, api_key="no-key", timeout=600)
+    sampling = OpenAIChatClient(endpoint).sampling_body()
+    slots = asyncio.Semaphore(endpoint.concurrency)
+
+    async def one(messages: list[dict[str, str]], grammar: str | None, extra: Any) -> Any:
+        body = {**sampling, **(grammar_body(params.structured, grammar) if grammar else {})}
+        body.update(extra or {})
+        async with slots:
+            reply = await client.chat.completions.create(
+                model=endpoint.model,
+                messages=cast(Any, messages),  # plain role/content dicts, as the stage sends
+                extra_body=body,
+            )
+        return reply.usage
+
+    started = time.perf_counter()
+    try:
+        usages = [u for u in await asyncio.gather(*(one(*r) for r in requests)) if u]
+    finally:
+        await client.close()
+    wall = time.perf_counter() - started
+    cached = sum(
+        (u.prompt_tokens_details.cached_tokens or 0) if u.prompt_tokens_details else 0
+        for u in usages
+    )
+    return measurement(
+        sum(u.completion_tokens for u in usages), sum(u.prompt_tokens for u in usages), cached, wall
+    )
+
+
+@contextmanager
+def fresh_server(params: SynthParams) -> Iterator[SynthParams]:
+    """A newly started llama.cpp (empty prompt cache) and params pointing at it."""
+    server = params.local_server
+    with start_llama_server(
+        Path(server.gguf) if server.gguf else find_smollm2_gguf(),
+        port=free_port(),
+        alias=params.endpoint.model,
+        n_parallel=server.parallel,
+        n_ctx=server.parallel * server.ctx_per_slot,
+        threads=server.threads,
+    ) as base_url:
+        endpoint = params.endpoint.model_copy(update={"base_url": base_url})
+        yield params.model_copy(update={"endpoint": endpoint})
+
+
+def mean_rate(runs: list[dict[str, Any]]) -> float:
+    return sum(r["tokens_per_s"] for r in runs) / len(runs)
+
+
+def run_benchmark(params: SynthParams, md_dir: Path) -> dict[str, Any]:
+    stages: list[dict[str, Any]] = []
+    directs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        with fresh_server(params) as served:
+            first, recorder = asyncio.run(run_stage(served, md_dir, Path(tmp) / "first"))
+        stages.append(first)
+        for _ in range(2):
+            with fresh_server(params) as served:
+                directs.append(asyncio.run(replay_direct(served, recorder.requests)))
+        with fresh_server(params) as served:
+            stages.append(asyncio.run(run_stage(served, md_dir, Path(tmp) / "second"))[0])
+    stage, direct = mean_rate(stages), mean_rate(directs)
+    return {
+        "pages": params.max_pages,
+        "calls": first["calls"],
+        "concurrency": params.endpoint.concurrency,
+        "llama_threads": params.local_server.threads,
+        "server": "freshly started for every run (empty prompt cache)",
+        "stage_completion_tokens_per_s": round(stage, 2),
+        "direct_completion_tokens_per_s": round(direct, 2),
+        "stage_runs": stages,
+        "direct_runs": directs,
+        "ratio": round(stage / direct, 3) if direct else 0.0,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--markdown", type=Path, default=Path("data/markdown"))
+    parser.add_argument("--max-pages", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("reports/bench_synth.json"))
+    args = parser.parse_args(argv)
+    params = load_params("synth", SynthParams)
+    params = params.model_copy(update={"max_pages": args.max_pages})
+    result = run_benchmark(params, args.markdown)
+    write_json_atomic(args.out, result)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,2 @@
+"""What every stage shares: params, boundary records and file formats, atomic io,
+hashing, child processes, reports, tokenizers."""

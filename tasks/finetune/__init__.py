@@ -1,0 +1,1 @@
+"""The sft and orpo stages: LlamaFactory runs generated from params."""

@@ -1,0 +1,74 @@
+"""Run the pipeline on its built-in default: `python -m tasks.services.demo [dvc repro args]`.
+
+Starts what params point at on this machine — the default docs site (the PostgreSQL 15 manual
+unpacked by `make site`) on the port of `crawl.start_urls`, and llama.cpp serving SmolLM2 on the
+port of `synth.endpoint.base_url` — plus one Prefect server for every stage (instead of a slow
+ephemeral one per stage), runs `dvc repro`, and stops them all. Params that point elsewhere
+(your own site, a vLLM endpoint) start nothing for that part.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import flows  # noqa: F401  (sets the Prefect home and offline variables)
+from tasks.core.params import SynthParams, load_stage_params
+from tasks.core.tokens import find_smollm2_gguf
+from tasks.llm.server import start_llama_server
+from tasks.services.local import run_prefect_server, serve_directory
+
+
+def local_port(url: str) -> int | None:
+    """The port to serve on, when `url` points at this machine."""
+    parts = urlsplit(url)
+    if parts.hostname in ("127.0.0.1", "localhost"):
+        return parts.port or 80
+    return None
+
+
+def start_local_llm(stack: ExitStack, synth: SynthParams, log_file: Path) -> None:
+    port = local_port(synth.endpoint.base_url)
+    if port is None:
+        return
+    server = synth.local_server
+    gguf = Path(server.gguf) if server.gguf else find_smollm2_gguf()
+    url = stack.enter_context(
+        start_llama_server(
+            gguf,
+            port=port,
+            alias=synth.endpoint.model,
+            n_parallel=server.parallel,
+            n_ctx=server.parallel * server.ctx_per_slot,
+            threads=server.threads,
+            log_file=log_file,
+        )
+    )
+    print(f"serving {gguf.name} at {url} (log: {log_file})", flush=True)
+
+
+def main(argv: list[str]) -> int:
+    params = load_stage_params()
+    crawl, synth = params.require_crawl(), params.synth
+    site = params.paths.cache / "sites/postgresql-15/html"
+    llm_log = params.paths.cache / "llama-server.log"
+    with ExitStack() as stack:
+        port = local_port(crawl.start_urls[0])
+        if port is not None:
+            url = stack.enter_context(serve_directory(site, port=port))
+            print(f"serving {site} at {url}", flush=True)
+        start_local_llm(stack, synth, llm_log)
+        api = stack.enter_context(run_prefect_server(int(os.environ.get("PREFECT_PORT", 4200))))
+        print(f"prefect server at {api} (run history: make ui)", flush=True)
+        # Stage commands say `python`: make it this environment's, wherever the caller is.
+        path = str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]
+        env = {**os.environ, "PREFECT_API_URL": api, "PATH": path}
+        return subprocess.call(["dvc", "repro", *argv], env=env)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

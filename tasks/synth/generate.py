@@ -1,0 +1,816 @@
+"""The synth stage's work: pages → chunks → LLM calls (cached by content) → parsed, filtered
+Q/A pairs and preference triples, plus the stage report.
+
+Every call is keyed by the hash of what decides its reply (the rendered messages, which hold
+the page or chunk and the template; PROMPT_VERSION; model; sampling; structured mode and
+grammar) and its reply is written to data/synth_cache/<key[:2]>/<key>.json the moment it
+returns. A rerun reads finished calls back instead of calling, so an unchanged rerun makes no
+calls, a changed page costs only its own calls, and a killed run resumes where it stopped.
+Parsing and filtering always run again from the cached replies: they are cheap and pure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import json
+import logging
+import math
+import re
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import openai
+from tqdm import tqdm
+
+from tasks.core.documents import read_pages, render_document
+from tasks.core.io import write_bytes_atomic, write_if_changed, write_json_atomic
+from tasks.core.params import CompetencyMix, SynthParams
+from tasks.core.records import (
+    Competency,
+    Exclusion,
+    MarkdownDoc,
+    PreferenceTriple,
+    QAPair,
+    TripleKind,
+    text_id,
+)
+from tasks.core.tokens import load_tokenizer, resolve_tokenizer
+from tasks.llm.client import ChatClient, Completion, EndpointError
+from tasks.synth.filters import (
+    NearDuplicates,
+    check_qa,
+    check_triple,
+    extract_content_words,
+    score_grounding,
+    strip_citation,
+)
+from tasks.synth.parse import Parsed, parse_points, parse_qa, parse_triple
+from tasks.synth.prompts import (
+    PROMPT_VERSION,
+    Persona,
+    grammar_max_chars,
+    render_citation,
+    render_messages,
+    render_points_grammar,
+    render_points_prompt,
+    render_qa_grammar,
+    render_qa_prompt,
+    render_triple_grammar,
+    render_triple_prompt,
+)
+
+TokenCounter = Callable[[str], int]
+T = TypeVar("T")
+
+PAIRS_FILE = "pairs.jsonl"
+TRIPLES_FILE = "triples.jsonl"
+EXCLUSIONS_FILE = "exclusions.jsonl"
+HEADING_RE = re.compile(r"^#{1,6}\s")
+FENCE_RE = re.compile(r"^\s*(?:`{3,}|~{3,})")
+GOLDEN = (math.sqrt(5) - 1) / 2
+log = logging.getLogger(__name__)
+
+
+class TooManyFailedPages(RuntimeError):
+    """More pages than synth.max_failed_fraction kept failing; the report says which."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    index: int
+    document: str  # front matter + (part of) the body: what the model reads
+    tokens: int
+    n_pairs: int
+    n_points: int
+
+
+@dataclass(frozen=True)
+class PageWork:
+    doc: MarkdownDoc
+    chunks: tuple[Chunk, ...]
+
+
+def split_on(lines: list[str], starts: Callable[[str], bool]) -> list[str]:
+    """Join lines into pieces, a new piece at each line where `starts` holds outside code."""
+    pieces: list[list[str]] = [[]]
+    fenced = False
+    for line in lines:
+        if not fenced and starts(line) and any(s.strip() for s in pieces[-1]):
+            pieces.append([])
+        pieces[-1].append(line)
+        if FENCE_RE.match(line.lstrip("\0")):
+            fenced = not fenced
+    return ["\n".join(p).strip("\n") for p in pieces if any(s.strip() for s in p)]
+
+
+def split_sections(body: str) -> list[str]:
+    return split_on(body.split("\n"), lambda line: bool(HEADING_RE.match(line)))
+
+
+def split_paragraphs(section: str) -> list[str]:
+    lines = section.split("\n")
+    starts = {i for i in range(1, len(lines)) if not lines[i - 1].strip() and lines[i].strip()}
+    marked = [("\0" if i in starts else "") + line for i, line in enumerate(lines)]
+    return [p.replace("\0", "") for p in split_on(marked, lambda line: line.startswith("\0"))]
+
+
+def split_oversized(section: str, limit: int, count: TokenCounter) -> list[str]:
+    """A section over the limit: its paragraphs (then lines), each continuation piece led by
+    the section's heading so the model knows where it is."""
+    head = section.split("\n", 1)[0] if HEADING_RE.match(section) else ""
+    parts = split_paragraphs(section)
+    if len(parts) == 1:
+        parts = [line for line in section.split("\n") if line.strip()]
+    pieces = pack_pieces(parts, limit, count)
+    return [pieces[0], *(p if p.startswith(head) else f"{head}\n\n{p}" for p in pieces[1:])]
+
+
+def pack_pieces(pieces: list[str], limit: int, count: TokenCounter) -> list[str]:
+    """Greedily join consecutive pieces while the result stays within `limit` tokens."""
+    packed: list[str] = []
+    for piece in pieces:
+        joined = f"{packed[-1]}\n\n{piece}" if packed else piece
+        if packed and count(joined) <= limit:
+            packed[-1] = joined
+        else:
+            packed.append(piece)
+    return packed
+
+
+def split_body(body: str, limit: int, count: TokenCounter) -> list[str]:
+    """The body in heading-aligned parts of at most `limit` tokens (a single line longer than
+    that stays whole)."""
+    if count(body) <= limit:
+        return [body]
+    sections: list[str] = []
+    for section in split_sections(body):
+        fits = count(section) <= limit
+        sections += [section] if fits else split_oversized(section, limit, count)
+    return pack_pieces(sections, limit, count)
+
+
+def scale_count(tokens: int, per_tokens: int, low: int, high: int) -> int:
+    return max(low, min(high, round(tokens / per_tokens)))
+
+
+def plan_page(doc: MarkdownDoc, body: str, params: SynthParams, count: TokenCounter) -> PageWork:
+    """A page's chunks (the whole page when it fits), each with its number of pairs/points."""
+    limit = max(16, params.context_tokens - count(render_document(doc, "")))
+    chunks = []
+    for index, part in enumerate(split_body(body, limit, count)):
+        tokens = count(part)
+        n_pairs = scale_count(tokens, params.pairs_per_tokens, params.min_pairs, params.max_pairs)
+        n_points = scale_count(
+            tokens, params.points_per_tokens, params.min_points, params.max_points
+        )
+        chunks.append(Chunk(index, render_document(doc, part), tokens, n_pairs, n_points))
+    return PageWork(doc, tuple(chunks))
+
+
+def assign_competencies(page_id: str, n: int, mix: CompetencyMix) -> list[Competency]:
+    """Deterministic tags whose shares approach `mix`: a golden-ratio sequence started at a
+    page-specific offset is spread evenly within a page and across pages, and a page's tags
+    do not depend on any other page (so they survive other pages changing)."""
+    offset = int(hashlib.sha256(page_id.encode()).hexdigest()[:8], 16) / 16**8
+    shares = mix.model_dump()
+    bounds, total = [], 0.0
+    for tag in Competency:
+        total += shares[tag.value]
+        bounds.append((total, tag))
+    tags = []
+    for k in range(n):
+        u = (offset + k * GOLDEN) % 1.0
+        tags.append(next((tag for bound, tag in bounds if u < bound), bounds[-1][1]))
+    return tags
+
+
+@dataclass(frozen=True)
+class CallRequest:
+    kind: str  # qa | points | good | false_premise
+    page_id: str
+    messages: list[dict[str, str]]
+    grammar: str | None
+    key: str
+
+
+@dataclass(frozen=True)
+class CallResult:
+    key: str
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    model: str
+    seconds: float
+    made: bool  # False when read back from the cache
+    cached_prompt_tokens: int = 0  # prompt tokens the server took from its prefix cache
+
+
+@dataclass
+class Settings:
+    """What every page's calls share: params, the cache folder, the calls seen this run."""
+
+    params: SynthParams
+    cache_dir: Path
+    calls: list[CallResult] = field(default_factory=list)
+    failed_calls: int = 0
+
+    @property
+    def persona(self) -> Persona:
+        return Persona(self.params.persona, self.params.domain)
+
+    def request_body(self, grammar: str | None) -> dict[str, Any] | None:
+        """A grammar bounds the reply's length in characters, and a token is at least one, so
+        max_tokens raised to that bound never cuts a constrained reply short (a small model
+        otherwise fills its budget and every block ends truncated)."""
+        if grammar is None:
+            return None
+        p = self.params
+        longest = grammar_max_chars(p.max_pairs, p.max_points, p.max_answer_chars)
+        return {"max_tokens": max(p.endpoint.sampling.max_tokens, longest)}
+
+
+def render_call_key(
+    messages: list[dict[str, str]], grammar: str | None, params: SynthParams
+) -> str:
+    spec = {
+        "prompt_version": PROMPT_VERSION,
+        "messages": messages,
+        "grammar": grammar,
+        "structured": params.structured,
+        "model": params.endpoint.model,
+        "sampling": params.endpoint.sampling.model_dump(),
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def build_request(kind: str, page_id: str, user: str, grammar: str, s: Settings) -> CallRequest:
+    messages = render_messages(s.persona, user)
+    used = grammar if s.params.structured != "none" else None
+    return CallRequest(kind, page_id, messages, used, render_call_key(messages, used, s.params))
+
+
+def cache_path(cache_dir: Path, key: str) -> Path:
+    return cache_dir / key[:2] / f"{key}.json"
+
+
+def read_cached(cache_dir: Path, key: str) -> CallResult | None:
+    path = cache_path(cache_dir, key)
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return CallResult(
+        key,
+        str(data["text"]),
+        str(data["finish_reason"]),
+        int(data["prompt_tokens"]),
+        int(data["completion_tokens"]),
+        str(data["model"]),
+        float(data["seconds"]),
+        made=False,
+        cached_prompt_tokens=int(data.get("cached_prompt_tokens", 0)),
+    )
+
+
+def write_cached(cache_dir: Path, request: CallRequest, result: CallResult) -> None:
+    entry = {
+        "key": result.key,
+        "kind": request.kind,
+        "page_id": request.page_id,
+        "prompt_version": PROMPT_VERSION,
+        "text": result.text,
+        "finish_reason": result.finish_reason,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "cached_prompt_tokens": result.cached_prompt_tokens,
+        "model": result.model,
+        "seconds": result.seconds,
+    }
+    write_json_atomic(cache_path(cache_dir, result.key), entry)
+
+
+async def fetch_completion(client: ChatClient, request: CallRequest, s: Settings) -> CallResult:
+    """The cached reply, or a new call whose reply is cached before anything else happens."""
+    cached = read_cached(s.cache_dir, request.key)
+    if cached is not None:
+        s.calls.append(cached)
+        return cached
+    started = time.monotonic()
+    try:
+        body = s.request_body(request.grammar)
+        reply = await client.complete(request.messages, grammar=request.grammar, extra_body=body)
+    except (EndpointError, openai.APIError):
+        s.failed_calls += 1
+        raise
+    seconds = round(time.monotonic() - started, 3)
+    result = CallResult(
+        request.key,
+        reply.text,
+        reply.finish_reason,
+        reply.prompt_tokens,
+        reply.completion_tokens,
+        reply.model,
+        seconds,
+        made=True,
+        cached_prompt_tokens=reply.cached_prompt_tokens,
+    )
+    write_cached(s.cache_dir, request, result)
+    s.calls.append(result)
+    return result
+
+
+async def gather_all(*aws: Awaitable[T]) -> list[T]:
+    """Like asyncio.gather, but lets every sibling finish (and cache its reply) before the
+    first error is raised."""
+    results = await asyncio.gather(*aws, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return list(results)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class TripleReply:
+    chunk: int
+    point: str
+    kind: TripleKind
+    competency: Competency
+    result: CallResult
+
+
+@dataclass(frozen=True)
+class PageOutcome:
+    work: PageWork
+    qa: tuple[tuple[int, CallResult], ...] = ()
+    points: tuple[tuple[int, CallResult], ...] = ()
+    triples: tuple[TripleReply, ...] = ()
+    error: str | None = None
+
+
+def qa_request(work: PageWork, chunk: Chunk, s: Settings) -> CallRequest:
+    user = render_qa_prompt(s.persona, work.doc, chunk.document, chunk.n_pairs)
+    return build_request(
+        "qa", work.doc.id, user, render_qa_grammar(chunk.n_pairs, s.params.max_answer_chars), s
+    )
+
+
+def points_request(work: PageWork, chunk: Chunk, s: Settings) -> CallRequest:
+    user = render_points_prompt(work.doc, chunk.document, chunk.n_points)
+    return build_request("points", work.doc.id, user, render_points_grammar(chunk.n_points), s)
+
+
+def triple_request(
+    work: PageWork, chunk: Chunk, slot: tuple[str, TripleKind, Competency], s: Settings
+) -> CallRequest:
+    point, kind, tag = slot
+    user = render_triple_prompt(work.doc, chunk.document, point, kind, tag)
+    grammar = render_triple_grammar(s.params.max_answer_chars)
+    return build_request(kind.value, work.doc.id, user, grammar, s)
+
+
+def select_points(reply: CallResult, limit: int) -> list[str]:
+    """The usable points of a reply, deduplicated, at most as many as were asked for."""
+    points: list[str] = []
+    for parsed in parse_points(reply.text, reply.finish_reason):
+        if parsed.problem is None and parsed.fields[0] not in points:
+            points.append(parsed.fields[0])
+    return points[:limit]
+
+
+async def synthesize_chunk(
+    client: ChatClient, work: PageWork, chunk: Chunk, tags: list[Competency], s: Settings
+) -> tuple[CallResult, CallResult, list[TripleReply]]:
+    """One chunk's Q/A call beside its points call, whose triples start as soon as the points
+    arrive: no call waits for an unrelated one, so the endpoint's slots stay busy."""
+
+    async def points_then_triples() -> tuple[CallResult, list[TripleReply]]:
+        points = await fetch_completion(client, points_request(work, chunk, s), s)
+        slots = [(p, k) for p in select_points(points, chunk.n_points) for k in TripleKind]
+        tagged = [(p, k, t) for (p, k), t in zip(slots, tags, strict=False)]
+        requests = [triple_request(work, chunk, slot, s) for slot in tagged]
+        answers = await gather_all(*(fetch_completion(client, r, s) for r in requests))
+        return points, [
+            TripleReply(chunk.index, p, k, t, r)
+            for (p, k, t), r in zip(tagged, answers, strict=True)
+        ]
+
+    # The points call is queued first: its reply unlocks the triple calls.
+    chain = asyncio.ensure_future(points_then_triples())
+    qa_call = asyncio.ensure_future(fetch_completion(client, qa_request(work, chunk, s), s))
+    try:
+        points, triples = await chain
+    finally:
+        # Let the sibling finish (and cache its reply) even when this branch failed, and mark
+        # its error seen: result() below raises it, or this branch's error supersedes it.
+        await asyncio.wait([qa_call])
+        qa_call.exception()
+    return qa_call.result(), points, triples
+
+
+def split_tags(work: PageWork, mix: CompetencyMix) -> list[list[Competency]]:
+    """Each chunk's share of the page's competency tags, fixed before any call (two triples
+    per requested point), so tags never depend on what another chunk's calls returned."""
+    tags = assign_competencies(work.doc.id, sum(2 * c.n_points for c in work.chunks), mix)
+    bounds = list(itertools.accumulate(2 * c.n_points for c in work.chunks))
+    return [tags[end - 2 * c.n_points : end] for c, end in zip(work.chunks, bounds, strict=True)]
+
+
+async def synthesize_page(client: ChatClient, work: PageWork, s: Settings) -> PageOutcome:
+    """All calls of one page: per chunk, Q/A and main points, then two triples per point.
+    A call that still fails after the client's retries marks the page failed."""
+    tags = split_tags(work, s.params.competency_mix)
+    try:
+        per_chunk = await gather_all(
+            *(
+                synthesize_chunk(client, work, c, t, s)
+                for c, t in zip(work.chunks, tags, strict=True)
+            )
+        )
+    except (EndpointError, openai.APIError) as exc:
+        return PageOutcome(work, error=f"{type(exc).__name__}: {exc}")
+    chunks = work.chunks
+    return PageOutcome(
+        work,
+        qa=tuple((c.index, qa) for c, (qa, _, _) in zip(chunks, per_chunk, strict=True)),
+        points=tuple((c.index, pts) for c, (_, pts, _) in zip(chunks, per_chunk, strict=True)),
+        triples=tuple(t for _, _, triples in per_chunk for t in triples),
+    )
+
+
+PageRunner = Callable[[ChatClient, PageWork, Settings], Awaitable[PageOutcome]]
+
+
+class CacheMiss(Exception):
+    """Raised by ReplayClient: the page needs at least one real call."""
+
+
+class ReplayClient:
+    """A ChatClient that answers nothing: every call must come from the cache."""
+
+    async def complete(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        grammar: str | None = None,
+        extra_body: dict[str, Any] | None = None,
+    ) -> Completion:
+        raise CacheMiss
+
+
+async def replay_page(work: PageWork, s: Settings) -> PageOutcome | None:
+    """The page's outcome when all its calls are cached, else None (nothing counted)."""
+    probe = Settings(s.params, s.cache_dir)
+    try:
+        outcome = await synthesize_page(ReplayClient(), work, probe)
+    except CacheMiss:
+        return None
+    s.calls.extend(probe.calls)
+    return outcome
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The Prefect run logger inside a flow or task run (so lines show in the UI), else ours."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return log
+
+
+def render_page_line(outcome: PageOutcome, replayed: bool) -> str:
+    doc = outcome.work.doc
+    if outcome.error:
+        return f"synth {doc.url}: FAILED {outcome.error}"
+    n, source = len(outcome.work.chunks), "all from cache" if replayed else "called"
+    return f"synth {doc.url}: {n} chunk(s), {len(outcome.triples)} triple call(s), {source}"
+
+
+async def synthesize_pages(
+    client: ChatClient, works: Sequence[PageWork], s: Settings, run_page: PageRunner
+) -> list[PageOutcome]:
+    """Every page at once; the client's semaphore bounds the calls actually in flight."""
+    logger = run_logger()
+    with tqdm(total=len(works), desc="synth", unit="page") as bar:
+
+        async def one(work: PageWork) -> PageOutcome:
+            # Fully cached pages are replayed inline: a Prefect task per page costs ~45 ms,
+            # which only pages that call the endpoint are worth.
+            replayed = await replay_page(work, s)
+            outcome = replayed or await run_page(client, work, s)
+            bar.update(1)
+            logger.info(render_page_line(outcome, replayed is not None))
+            return outcome
+
+        return list(await asyncio.gather(*(one(w) for w in works)))
+
+
+@dataclass
+class Assembled:
+    pairs: list[QAPair] = field(default_factory=list)
+    triples: list[PreferenceTriple] = field(default_factory=list)
+    qa_exclusions: list[Exclusion] = field(default_factory=list)
+    pref_exclusions: list[Exclusion] = field(default_factory=list)
+    parse_failures: Counter[str] = field(default_factory=Counter)
+    dropped: Counter[str] = field(default_factory=Counter)
+    grounding: list[float] = field(default_factory=list)
+    failed_pages: int = 0
+
+
+def exclusion(doc: MarkdownDoc, reason: str, chunk: int, text: str) -> Exclusion:
+    return Exclusion(id=doc.id, url=doc.url, reason=reason, detail=f"chunk {chunk}: {text[:300]}")
+
+
+def add_qa(
+    out: Assembled,
+    doc: MarkdownDoc,
+    chunk: Chunk,
+    reply: CallResult,
+    p: SynthParams,
+    dups: NearDuplicates,
+) -> None:
+    source = extract_content_words(chunk.document)
+    for parsed in parse_qa(reply.text, reply.finish_reason):
+        if parsed.problem:
+            out.parse_failures[f"qa.{parsed.problem}"] += 1
+            out.qa_exclusions.append(exclusion(doc, parsed.problem, chunk.index, parsed.raw))
+            continue
+        question, answer = parsed.fields
+        answer = cite_answer(answer, render_citation(doc))
+        out.grounding.append(score_grounding(answer, source))
+        reason = check_qa(question, answer, source, p.min_grounding)
+        if reason is None and dups.add(question):
+            reason = "near_duplicate"
+        if reason:
+            out.dropped[f"qa.{reason}"] += 1
+            out.qa_exclusions.append(exclusion(doc, reason, chunk.index, f"{question} | {answer}"))
+            continue
+        out.pairs.append(
+            QAPair(
+                id=text_id(doc.id, question, answer),
+                page_id=doc.id,
+                url=doc.url,
+                product=doc.product,
+                version=doc.version,
+                chunk=chunk.index,
+                question=question,
+                answer=answer,
+                model=reply.model,
+                prompt_version=PROMPT_VERSION,
+            )
+        )
+
+
+def cite_answer(answer: str, citation: str) -> str:
+    """The answer ending with its true source: whatever citation the model wrote (small
+    models invent URLs) is replaced by the page's own."""
+    return f"{strip_citation(answer)} {citation}"
+
+
+def count_point_problems(out: Assembled, work: PageWork, outcome: PageOutcome) -> None:
+    for index, reply in outcome.points:
+        chunk = work.chunks[index]
+        parsed = parse_points(reply.text, reply.finish_reason)
+        for block in parsed:
+            if block.problem:
+                out.parse_failures[f"points.{block.problem}"] += 1
+                out.pref_exclusions.append(exclusion(work.doc, block.problem, index, block.raw))
+        usable = [b.fields[0] for b in parsed if b.problem is None]
+        kept = len(select_points(reply, chunk.n_points))
+        repeated, extra = len(usable) - len(set(usable)), len(set(usable)) - kept
+        for reason, n in (("duplicate_point", repeated), ("points_over_limit", extra)):
+            if n > 0:
+                out.parse_failures[f"points.{reason}"] += n
+                detail = f"{n} point(s) dropped"
+                out.pref_exclusions.append(exclusion(work.doc, reason, index, detail))
+
+
+def add_triple(
+    out: Assembled, work: PageWork, reply: TripleReply, p: SynthParams, dups: NearDuplicates
+) -> None:
+    doc, chunk = work.doc, work.chunks[reply.chunk]
+    source = extract_content_words(chunk.document)
+    result = reply.result
+    for parsed in parse_triple(result.text, result.finish_reason)[:1]:
+        if parsed.problem:
+            out.parse_failures[f"triples.{parsed.problem}"] += 1
+            out.pref_exclusions.append(exclusion(doc, parsed.problem, chunk.index, parsed.raw))
+            continue
+        prompt, chosen, rejected = parsed.fields
+        out.grounding.append(score_grounding(chosen, source))
+        reason = check_triple(prompt, chosen, rejected, source, p.min_grounding)
+        if reason is None and dups.add(prompt):
+            reason = "near_duplicate"
+        if reason:
+            out.dropped[f"triples.{reason}"] += 1
+            detail = f"{reply.kind.value}: {prompt} | {chosen} | {rejected}"
+            out.pref_exclusions.append(exclusion(doc, reason, chunk.index, detail))
+            continue
+        out.triples.append(build_triple(work, reply, parsed))
+
+
+def build_triple(work: PageWork, reply: TripleReply, parsed: Parsed) -> PreferenceTriple:
+    doc = work.doc
+    prompt, chosen, rejected = parsed.fields
+    return PreferenceTriple(
+        id=text_id(doc.id, reply.kind.value, prompt, chosen, rejected),
+        page_id=doc.id,
+        url=doc.url,
+        product=doc.product,
+        version=doc.version,
+        chunk=reply.chunk,
+        point=reply.point,
+        kind=reply.kind,
+        competency=reply.competency,
+        prompt=prompt,
+        chosen=chosen,
+        rejected=rejected,
+        model=reply.result.model,
+        prompt_version=PROMPT_VERSION,
+    )
+
+
+def assemble_outputs(outcomes: Sequence[PageOutcome], params: SynthParams) -> Assembled:
+    """Parse every reply, filter, and deduplicate questions across the corpus in reading
+    order (the first of near-duplicates is kept)."""
+    out = Assembled()
+    qa_dups = NearDuplicates(params.near_duplicate_jaccard)
+    pref_dups = NearDuplicates(params.near_duplicate_jaccard)
+    for outcome in outcomes:
+        work = outcome.work
+        if outcome.error:
+            out.failed_pages += 1
+            for excl in (out.qa_exclusions, out.pref_exclusions):
+                excl.append(exclusion(work.doc, "endpoint_error", 0, outcome.error))
+            continue
+        for index, reply in outcome.qa:
+            add_qa(out, work.doc, work.chunks[index], reply, params, qa_dups)
+        count_point_problems(out, work, outcome)
+        for triple in outcome.triples:
+            add_triple(out, work, triple, params, pref_dups)
+    return out
+
+
+def render_jsonl(rows: Sequence[QAPair | PreferenceTriple | Exclusion]) -> bytes:
+    lines = (
+        json.dumps(r.model_dump(mode="json"), sort_keys=True, ensure_ascii=False) for r in rows
+    )
+    return "".join(line + "\n" for line in lines).encode("utf-8")
+
+
+def write_outputs(qa_dir: Path, pref_dir: Path, out: Assembled) -> None:
+    """Rewritten only when their bytes change, so an unchanged rerun touches nothing."""
+    write_if_changed(qa_dir / PAIRS_FILE, render_jsonl(out.pairs))
+    write_if_changed(qa_dir / EXCLUSIONS_FILE, render_jsonl(out.qa_exclusions))
+    write_if_changed(pref_dir / TRIPLES_FILE, render_jsonl(out.triples))
+    write_if_changed(pref_dir / EXCLUSIONS_FILE, render_jsonl(out.pref_exclusions))
+
+
+def prune_cache(cache_dir: Path, keep: set[str]) -> int:
+    """Remove replies no call of this run used (and temp files of killed runs)."""
+    pruned = 0
+    for path in cache_dir.glob("*/*"):
+        if path.name.endswith(".tmp") or path.stem not in keep:
+            path.unlink()
+            pruned += 1
+    for folder in cache_dir.glob("*"):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    return pruned
+
+
+def summarize_calls(calls: Sequence[CallResult], failed: int, generate_s: float) -> dict[str, Any]:
+    made = [c for c in calls if c.made]
+    completion_made = sum(c.completion_tokens for c in made)
+    return {
+        "calls": {"made": len(made), "reused": len(calls) - len(made), "failed": failed},
+        "tokens": {
+            "prompt_made": sum(c.prompt_tokens for c in made),
+            # Of those, served from the endpoint's prefix cache (when the server reports it).
+            "prompt_cached_made": sum(c.cached_prompt_tokens for c in made),
+            "completion_made": completion_made,
+            "prompt_total": sum(c.prompt_tokens for c in calls),
+            "completion_total": sum(c.completion_tokens for c in calls),
+        },
+        "generate_s": round(generate_s, 2),
+        # Calls overlap, so throughput is tokens over the generation phase's wall time.
+        "completion_tokens_per_s": round(completion_made / generate_s, 2) if made else 0.0,
+    }
+
+
+def summarize_cost(tokens: dict[str, int], params: SynthParams) -> dict[str, float] | None:
+    prompt_price, completion_price = params.price_prompt_per_mtok, params.price_completion_per_mtok
+    if prompt_price is None and completion_price is None:
+        return None
+
+    def cost(prompt: int, completion: int) -> float:
+        usd = prompt * (prompt_price or 0) + completion * (completion_price or 0)
+        return round(usd / 1e6, 6)
+
+    return {
+        "made_usd": cost(tokens["prompt_made"], tokens["completion_made"]),
+        "total_usd": cost(tokens["prompt_total"], tokens["completion_total"]),
+    }
+
+
+def summarize(
+    works: Sequence[PageWork], out: Assembled, s: Settings, generate_s: float, pruned: int
+) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "pages": len(works),
+        "pages_failed": out.failed_pages,
+        "chunks": sum(len(w.chunks) for w in works),
+        "pairs_requested": sum(c.n_pairs for w in works for c in w.chunks),
+        "pairs": len(out.pairs),
+        "triples": len(out.triples),
+        "triples_by_kind": dict(sorted(Counter(t.kind.value for t in out.triples).items())),
+        "competency_mix": dict(sorted(Counter(t.competency.value for t in out.triples).items())),
+        "parse_failures": dict(sorted(out.parse_failures.items())),
+        "dropped_by_reason": dict(sorted(out.dropped.items())),
+        "grounding": {
+            "measure": "share of answer content words found in its page/chunk",
+            "threshold": s.params.min_grounding,
+            "checked": len(out.grounding),
+            "grounded_share": round(
+                sum(g >= s.params.min_grounding for g in out.grounding) / len(out.grounding), 4
+            )
+            if out.grounding
+            else 0.0,
+            "mean_score": round(sum(out.grounding) / len(out.grounding), 4)
+            if out.grounding
+            else 0.0,
+        },
+        "cache_pruned": pruned,
+        "prompt_version": PROMPT_VERSION,
+        **summarize_calls(s.calls, s.failed_calls, generate_s),
+    }
+    cost = summarize_cost(report["tokens"], s.params)
+    if cost is not None:
+        report["cost"] = cost
+    return report
+
+
+def check_failed_pages(report: dict[str, Any], max_fraction: float) -> None:
+    """Raise when too many pages failed; the flow calls it after writing the report."""
+    pages, failed = report["pages"], report["pages_failed"]
+    if pages and failed / pages > max_fraction:
+        raise TooManyFailedPages(
+            f"{failed} of {pages} pages failed (synth.max_failed_fraction = {max_fraction}); "
+            "their errors are in the exclusions files under reason endpoint_error"
+        )
+
+
+@dataclass(frozen=True)
+class SynthDirs:
+    markdown: Path
+    qa: Path
+    pref: Path
+    cache: Path
+
+
+async def run_synth(
+    client: ChatClient,
+    dirs: SynthDirs,
+    params: SynthParams,
+    count: TokenCounter,
+    run_page: PageRunner = synthesize_page,
+) -> dict[str, Any]:
+    """The whole stage: returns the report (without wall time). The cache is pruned only
+    when the run is within synth.max_failed_fraction."""
+    pages = read_pages(dirs.markdown)
+    works = [plan_page(doc, body, params, count) for doc, body in pages[: params.max_pages]]
+    settings = Settings(params, dirs.cache)
+    write_cache_marker(dirs.cache)
+    started = time.monotonic()
+    outcomes = await synthesize_pages(client, works, settings, run_page)
+    generate_s = time.monotonic() - started
+    out = assemble_outputs(outcomes, params)
+    for doc, _ in pages[len(works) :]:
+        out.qa_exclusions.append(Exclusion(id=doc.id, url=doc.url, reason="over_max_pages"))
+    write_outputs(dirs.qa, dirs.pref, out)
+    ok = not works or out.failed_pages / len(works) <= params.max_failed_fraction
+    pruned = prune_cache(dirs.cache, {c.key for c in settings.calls}) if ok else 0
+    report = summarize(works, out, settings, generate_s, pruned)
+    return {**report, "pages_over_max_pages": len(pages) - len(works)}
+
+
+def write_cache_marker(cache_dir: Path) -> None:
+    """DVC needs the persisted cache folder to exist even before the first call."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    marker = cache_dir / "README"
+    if not marker.is_file():
+        write_bytes_atomic(marker, b"LLM replies of the synth stage, keyed by call hash.\n")
+
+
+def read_token_counter(spec: str | None, cache_dir: Path) -> TokenCounter:
+    """Token counts with the tokenizer named in params (null = SmolLM2's, as in markdown)."""
+    tokenizer = load_tokenizer(resolve_tokenizer(spec, cache_dir)[0])
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids)

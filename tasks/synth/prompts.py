@@ -1,0 +1,213 @@
+"""Prompt templates and GBNF grammars of the synth stage, and the version that names them.
+
+Each call's output format is a few tagged fields on one line (`<QUE> … <ANS> … <END>`,
+`<POINT> … <END>`, `<QUE> … <GOOD> … <BAD> … <END>`), so a grammar can force it on a server
+that enforces one (llama.cpp's GBNF; vLLM's xgrammar reads the same EBNF) and a tolerant
+parser can still read it from a server that does not. Bump PROMPT_VERSION whenever a template
+or grammar changes meaning: it is part of every cache key, so old answers are not reused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tasks.core.records import Competency, MarkdownDoc, TripleKind
+
+PROMPT_VERSION = "synth-v1"
+
+SYSTEM = "You are {persona}. You are an expert in {domain} and answer precisely."
+
+QA_TEMPLATE = """\
+Read the {product_version} documentation page below.
+
+Generate exactly {n} question-answer pairs about it. The questions must be specific, technical \
+and comprehensive, and based solely on the document. The answers must be accurate, \
+sufficiently extensive and directly derived from the text. Focus on what helps an \
+administrator set up, manage or troubleshoot {product}. Every question must make sense on its \
+own, without the page at hand: never write "according to the text" or "in this document".
+End every answer with the citation {citation}
+
+Write each pair on one line, exactly in this format:
+<QUE> question <ANS> answer {citation} <END>
+
+Source URL: {url}
+Product: {product}
+Version: {version}
+
+Document:
+{document}"""
+
+POINTS_TEMPLATE = """\
+List the {k} main points of the {product_version} documentation page below: the facts, \
+settings, procedures or warnings an administrator most needs from it. Each point is one \
+complete, self-contained sentence.
+
+Write each point on one line, exactly in this format:
+<POINT> main point <END>
+
+Source URL: {url}
+
+Document:
+{document}"""
+
+GOOD_TEMPLATE = """\
+Below is a {product_version} documentation page and one of its main points.
+
+Main point: {point}
+
+Write one question about this main point. Question style: {style}. Then write a good answer: \
+accurate and directly derived from the page. Then write a wrong answer: plausible, in the same \
+tone and length, but factually incorrect. The question must make sense on its own, without \
+the page at hand.
+
+Write them on one line, exactly in this format:
+<QUE> question <GOOD> accurate answer <BAD> wrong answer <END>
+
+Document:
+{document}"""
+
+FALSE_PREMISE_TEMPLATE = """\
+Below is a {product_version} documentation page and one of its main points.
+
+Main point: {point}
+
+Write one question that rests on a plausible misunderstanding of this main point: a false \
+premise the asker believes is true. Question style: {style}. Then write a corrective answer that \
+politely but firmly points out the mistaken premise and gives the correct information from the \
+page. Then write a sycophantic answer that accepts the false premise and answers as if it \
+were true. The question must make sense on its own, without the page at hand.
+
+Write them on one line, exactly in this format:
+<QUE> question <GOOD> corrective answer <BAD> sycophantic answer <END>
+
+Document:
+{document}"""
+
+STYLES: dict[Competency, str] = {
+    Competency.CONVERSATIONAL: "conversational: a natural, informal question an administrator "
+    "might ask a colleague",
+    Competency.TECHNICAL_REASONING: "technical reasoning: it asks why or how something works, "
+    "or what follows from a setting or design",
+    Competency.FACTUAL_ACCURACY: "factual accuracy: it asks for a precise fact such as a "
+    "default value, a name, a limit or a command",
+    Competency.CREATIVE_PROBLEM_SOLVING: "creative problem solving: it describes a concrete "
+    "situation or problem and asks how to solve it",
+}
+
+# Fields are single lines of bounded length: `<` is excluded so a tag always ends a field, and
+# the bounds force the next tag even when a small model would ramble until max_tokens. The
+# numbers are characters (~4 per token of prose, fewer for numbers and paths); the answer bound
+# is a param (synth.max_answer_chars) because large models write longer answers. Brackets are
+# excluded too: small models otherwise answer "[question]" or invent "[BAD]" tags, and a
+# question must end with its only question mark.
+QUESTION_CHARS = 200
+POINT_CHARS = 240
+
+
+def render_text_rule(name: str, max_chars: int) -> str:
+    return f"{name} ::= [^<\\n \\[\\]] [^<\\n\\[\\]]{{0,{max_chars - 1}}}"
+
+
+def render_question_rule(max_chars: int) -> str:
+    return f'question ::= [^<\\n \\[\\]?] [^<\\n\\[\\]?]{{0,{max_chars - 2}}} "?"'
+
+
+@dataclass(frozen=True)
+class Persona:
+    persona: str
+    domain: str
+
+
+def render_system(persona: Persona) -> str:
+    return SYSTEM.format(persona=persona.persona.rstrip("."), domain=persona.domain)
+
+
+def render_product_version(doc: MarkdownDoc) -> str:
+    return " ".join(p for p in (doc.product, doc.version) if p) or "product"
+
+
+def render_citation(doc: MarkdownDoc) -> str:
+    """The source citation every Q/A answer ends with."""
+    product = render_product_version(doc)
+    return f"(Source: {doc.url}, {product})" if doc.product else f"(Source: {doc.url})"
+
+
+def render_messages(persona: Persona, user: str) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": render_system(persona)},
+        {"role": "user", "content": user},
+    ]
+
+
+def render_qa_prompt(persona: Persona, doc: MarkdownDoc, document: str, n: int) -> str:
+    return QA_TEMPLATE.format(
+        product_version=render_product_version(doc),
+        n=n,
+        product=doc.product or "the product",
+        citation=render_citation(doc),
+        url=doc.url,
+        version=doc.version or "unknown",
+        document=document,
+    )
+
+
+def render_points_prompt(doc: MarkdownDoc, document: str, k: int) -> str:
+    return POINTS_TEMPLATE.format(
+        k=k, product_version=render_product_version(doc), url=doc.url, document=document
+    )
+
+
+def render_triple_prompt(
+    doc: MarkdownDoc, document: str, point: str, kind: TripleKind, competency: Competency
+) -> str:
+    template = GOOD_TEMPLATE if kind is TripleKind.GOOD else FALSE_PREMISE_TEMPLATE
+    return template.format(
+        product_version=render_product_version(doc),
+        point=point,
+        style=STYLES[competency],
+        document=document,
+    )
+
+
+def grammar_max_chars(max_pairs: int, max_points: int, answer_chars: int) -> int:
+    """The longest reply any synth grammar allows. Every token is at least one character, so a
+    max_tokens of at least this never cuts a constrained reply short."""
+    tags = len("<QUE>  <GOOD>  <BAD>  <END>\n")
+    qa = max_pairs * (QUESTION_CHARS + answer_chars + tags)
+    points = max_points * (POINT_CHARS + tags)
+    triple = QUESTION_CHARS + 2 * answer_chars + tags
+    return max(qa, points, triple)
+
+
+def render_qa_grammar(n: int, answer_chars: int) -> str:
+    """Exactly n `<QUE> question <ANS> answer <END>` lines."""
+    return "\n".join(
+        [
+            f"root ::= {' '.join(['pair'] * n)}",
+            'pair ::= "<QUE> " question " <ANS> " answer " <END>\\n"',
+            render_question_rule(QUESTION_CHARS),
+            render_text_rule("answer", answer_chars),
+        ]
+    )
+
+
+def render_points_grammar(k: int) -> str:
+    """Exactly k `<POINT> point <END>` lines."""
+    return "\n".join(
+        [
+            f"root ::= {' '.join(['point'] * k)}",
+            'point ::= "<POINT> " text " <END>\\n"',
+            render_text_rule("text", POINT_CHARS),
+        ]
+    )
+
+
+def render_triple_grammar(answer_chars: int) -> str:
+    """One `<QUE> question <GOOD> chosen <BAD> rejected <END>` line."""
+    return "\n".join(
+        [
+            'root ::= "<QUE> " question " <GOOD> " answer " <BAD> " answer " <END>\\n"',
+            render_question_rule(QUESTION_CHARS),
+            render_text_rule("answer", answer_chars),
+        ]
+    )

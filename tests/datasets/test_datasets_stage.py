@@ -1,0 +1,181 @@
+"""The datasets stage on synthetic pages: the held-out split cannot leak, duplicates of
+held-out pages go with everything generated from them, PII is masked and counted, and the
+sets are written in the layouts their readers expect."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tasks.core.io import read_jsonl, write_jsonl_atomic
+from tasks.core.packed import PAD_DOC, read_phase_meta, read_phase_rows
+from tasks.core.params import DatasetsParams
+from tasks.datasets.build import interleave, split_pages
+from tests.support.datasets_inputs import (
+    MIX,
+    PHASES,
+    WORDS,
+    build,
+    encode_words,
+    page_body,
+    training_text,
+    write_inputs,
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n_pages=st.integers(1, 12),
+    fraction=st.sampled_from([0.0, 0.1, 0.3, 0.5, 0.9]),
+    seed=st.integers(0, 1000),
+)
+def test_nothing_from_a_held_out_page_reaches_training(
+    n_pages: int, fraction: float, seed: int
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs = write_inputs(Path(tmp), [page_body(n) for n in range(n_pages)])
+        report = build(dirs, eval_fraction=fraction, split_seed=seed)
+        held = [json.loads(line) for line in (dirs.eval / "pages.jsonl").read_text().splitlines()]
+        held_n = {int(p["id"], 16) for p in held}
+        assert held_n == {
+            int(i, 16) for i in split_pages([f"{n:016x}" for n in range(n_pages)], fraction, seed)
+        }
+        text = training_text(dirs)
+        for n in range(n_pages):
+            marker = f"p{n}w"
+            assert (marker in text) == (n not in held_n), f"page {n} held={n in held_n}"
+        eval_qa = list(read_jsonl(dirs.eval / "qa.jsonl"))
+        assert {int(q["page_id"], 16) for q in eval_qa} == held_n
+        # every training token row holds only training pages' tokens
+        train_tokens = set()
+        for n in set(range(n_pages)) - held_n:
+            train_tokens.update(*encode_words([page_body(n)]))
+        for phase in PHASES:
+            for row in read_phase_rows(dirs.cpt / phase.name):
+                body = {t for t in row.input_ids if t > 1}
+                held_tokens = (
+                    set().union(*encode_words([page_body(n) for n in held_n])) if held_n else set()
+                )
+                assert not (body & held_tokens - train_tokens)
+        assert report["pages"] == {
+            "total": n_pages,
+            "train": n_pages - len(held_n),
+            "eval": len(held_n),
+        }
+
+
+def test_split_is_stable_when_pages_are_added() -> None:
+    ids = [f"{n:016x}" for n in range(200)]
+    before = split_pages(ids[:100], 0.2, 7)
+    after = split_pages(ids, 0.2, 7)
+    assert before == {i for i in after if i in ids[:100]}
+    assert 20 <= len(after) <= 60
+
+
+def test_training_page_duplicating_a_held_out_page_goes_with_its_qa(tmp_path: Path) -> None:
+    bodies = [page_body(n) for n in range(6)]
+    held = split_pages([f"{n:016x}" for n in range(6)], 0.3, 0)
+    h = int(sorted(held)[0], 16)
+    copy = next(n for n in range(6) if f"{n:016x}" not in held)
+    bodies[copy] = bodies[h].replace("## Page", "## Copied page")
+    dirs = write_inputs(tmp_path, bodies)
+    report = build(dirs, eval_fraction=0.3, split_seed=0)
+    assert report["dropped_by_reason"]["cpt"]["near_duplicate_of_eval"] == 1
+    assert report["dropped_by_reason"]["sft"]["page_near_duplicate_of_eval"] == 2
+    text = training_text(dirs)
+    assert f"p{copy}w" not in text and f"p{h}w" not in text
+    excluded = [e["id"] for e in read_jsonl(dirs.cpt / "exclusions.jsonl")]
+    assert f"{copy:016x}" in excluded
+
+
+def test_pii_is_masked_everywhere_and_counted(tmp_path: Path) -> None:
+    bodies = [
+        page_body(n) + " mail admin@corp-internal.io or call +1 415 555 0142" for n in range(3)
+    ]
+    dirs = write_inputs(tmp_path, bodies)
+    report = build(dirs, eval_fraction=0.0, pii={"kinds": ["email", "phone"]})
+    assert report["pii"]["pages"] == {"email": 3, "phone": 3}
+    assert "admin@corp-internal.io" not in training_text(dirs)
+    docs = list(read_jsonl(dirs.cpt / "documents.jsonl"))
+    assert len(docs) == 3
+
+
+def test_sets_are_in_llamafactory_layout_and_packed_rows_mark_documents(tmp_path: Path) -> None:
+    dirs = write_inputs(tmp_path, [page_body(n, words=40 + 30 * n) for n in range(5)])
+    report = build(dirs, eval_fraction=0.0)
+    info = json.loads((dirs.sft / "dataset_info.json").read_text())
+    assert info["docs_sft"]["formatting"] == "sharegpt"
+    rows = json.loads((dirs.sft / info["docs_sft"]["file_name"]).read_text())
+    assert len(rows) == 10 and rows[0]["conversations"][0]["from"] == "human"
+    assert rows[0]["system"] == DatasetsParams().system_prompt
+    pref_info = json.loads((dirs.orpo / "dataset_info.json").read_text())["docs_pref"]
+    assert pref_info["ranking"] is True
+    pref = json.loads((dirs.orpo / pref_info["file_name"]).read_text())
+    assert pref and {"chosen", "rejected", "conversations"} <= set(pref[0])
+    docs = list(read_jsonl(dirs.cpt / "documents.jsonl"))
+    # the Q/A pairs follow their page's text in the CPT document
+    assert [d["pairs"] for d in docs] == [2] * 5
+    for phase in PHASES:
+        meta = read_phase_meta(dirs.cpt / phase.name)
+        rows_ = list(read_phase_rows(dirs.cpt / phase.name))
+        assert meta.rows == len(rows_) == report["cpt"]["phases"][phase.name]["rows"]
+        lengths = {}
+        for row in rows_:
+            offset = 0
+            for seg in row.segments:
+                if seg.doc != PAD_DOC:
+                    lengths[seg.doc] = lengths.get(seg.doc, 0) + seg.length
+                    # the last piece of a document ends with EOS
+                    if seg.start + seg.length == docs[seg.doc]["tokens"] + 1:
+                        assert row.input_ids[offset + seg.length - 1] == WORDS.eos_id
+                offset += seg.length
+        assert lengths == {i: d["tokens"] + 1 for i, d in enumerate(docs)}
+
+
+def test_competency_balance_follows_the_target_mix(tmp_path: Path) -> None:
+    dirs = write_inputs(tmp_path, [page_body(n) for n in range(20)])
+    report = build(dirs, eval_fraction=0.0)
+    mix = report["orpo"]["competency_mix"]
+    total = sum(mix.values())
+    for tag, share in MIX.model_dump().items():
+        assert abs(mix.get(tag, 0) - share * total) <= 1
+
+
+def test_general_text_is_mixed_in_at_the_ratio(tmp_path: Path) -> None:
+    general = tmp_path / "general.jsonl"
+    write_jsonl_atomic(general, ({"text": " ".join(["gen"] * 30)} for _ in range(100)))
+    dirs = write_inputs(tmp_path / "in", [page_body(n) for n in range(6)])
+    report = build(dirs, eval_fraction=0.0, general_text={"file": str(general), "ratio": 0.3})
+    share = report["cpt"]["general_share"]
+    assert 0.3 <= share < 0.35
+    kinds = [d["kind"] for d in read_jsonl(dirs.cpt / "documents.jsonl")]
+    assert kinds[0] == "page" and "general" in kinds[: len(kinds) // 2 + 1]
+
+
+def test_interleave_spreads_evenly_and_keeps_order() -> None:
+    out = interleave([0, 1, 2, 3, 4, 5], [10, 11])
+    assert [x for x in out if x < 10] == [0, 1, 2, 3, 4, 5]
+    assert [x for x in out if x >= 10] == [10, 11]
+    assert out.index(10) in (2, 3) and out.index(11) in (5, 6)
+
+
+def test_nearest_neighbour_order_chains_similar_pages() -> None:
+    """With the packaged embedding model, pages on one topic follow each other."""
+    from tasks.datasets.build import chain_nearest, embed_texts, find_embedding_model
+
+    texts = [
+        "Configuring WAL archiving with archive_command for point-in-time recovery.",
+        "Creating a B-tree index on a table column to speed up queries.",
+        "Restoring a base backup and replaying archived WAL segments to a target time.",
+        "Using a GIN index for full text search over tsvector columns.",
+        "Continuous archiving: base backups plus WAL files make recovery possible.",
+        "Partial indexes and expression indexes reduce index size.",
+    ]
+    order = chain_nearest(embed_texts(texts, find_embedding_model()))
+    assert sorted(order) == list(range(6)) and order[0] == 0
+    topics = ["backup" if i % 2 == 0 else "index" for i in order]
+    assert topics == ["backup"] * 3 + ["index"] * 3

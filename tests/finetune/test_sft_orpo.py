@@ -1,0 +1,472 @@
+"""The sft and orpo stages: YAML generated from params, LlamaFactory run as a subprocess with
+its output in the Prefect run log, a merged model plain transformers loads, ORPO's margin
+growing on a separable set, resume after a kill, and a NaN loss failing the stage.
+
+The stage runs train a 2-layer Llama (hidden 64) for a few steps, ~30 s each; the SmolLM2
+runs are marked slow."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import yaml
+
+from flows.orpo import orpo_flow
+from flows.sft import sft_flow
+from tasks.core.params import (
+    OrpoParams,
+    ParamsError,
+    PathsParams,
+    SftParams,
+    load_params,
+    parse_section,
+)
+from tasks.finetune.llamafactory import (
+    FINGERPRINT_FILE,
+    LlamaFactoryError,
+    NonFiniteLoss,
+    StageLayout,
+    check_finite_losses,
+    check_model_folder,
+    extract_curve,
+    parse_nonfinite_loss,
+    prepare_checkpoints,
+    read_dataset_names,
+    read_log_history,
+    render_export_config,
+    render_fingerprint,
+    render_mix,
+    render_train_config,
+    run_streamed,
+)
+from tests.support.lf_inputs import orpo_params, sft_params, write_sets, write_tiny_model
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_params_are_valid() -> None:
+    sft = load_params("sft", SftParams, REPO / "params.yaml")
+    orpo = load_params("orpo", OrpoParams, REPO / "params.yaml")
+    assert sft.finetuning_type == orpo.finetuning_type == "lora"
+    assert sft.output != orpo.output and sft.checkpoints != orpo.checkpoints
+
+
+@pytest.mark.parametrize(
+    ("section", "model", "raw", "words"),
+    [
+        ("sft", SftParams, {"train": {"output_dir": "x"}}, "output_dir is set by the flow"),
+        ("sft", SftParams, {"train": {"dataset": "x"}}, "dataset is set by the flow"),
+        ("sft", SftParams, {"train": {"deepspeed": "ds.json"}}, "sft.deepspeed"),
+        ("sft", SftParams, {"train": {"finetuning_type": "qlora"}}, "lora"),
+        ("sft", SftParams, {"export": {"export_dir": "x"}}, "sft.output/model"),
+        ("sft", SftParams, {"epochs": 3}, "Extra inputs are not permitted"),
+        ("orpo", OrpoParams, {"train": {"pref_loss": "sigmoid"}}, "always orpo"),
+        ("orpo", OrpoParams, {"train": {"pref_beta": 0}}, "pref_beta"),
+        ("orpo", OrpoParams, {"train": {"model_name_or_path": "m"}}, "orpo.model"),
+    ],
+)
+def test_keys_the_flow_sets_are_rejected_in_params(
+    section: str, model: type, raw: dict, words: str
+) -> None:
+    with pytest.raises(ParamsError) as err:
+        parse_section(section, raw, model)
+    assert f"{section}." in str(err.value) and words in str(err.value)
+
+
+def test_train_yaml_passes_llamafactory_keys_through(tmp_path: Path) -> None:
+    layout = StageLayout(tmp_path / "out", tmp_path / "ckpt")
+    train = {"lora_rank": 64, "lora_target": "q_proj,v_proj", "neftune_noise_alpha": 5}
+    config = render_train_config(
+        "dpo",
+        Path("m"),
+        ["docs_pref"],
+        Path("data/orpo"),
+        layout,
+        train,
+        True,
+        {"pref_loss": "orpo"},
+    )
+    assert {k: config[k] for k in train} == train  # verbatim: no second schema
+    assert config["stage"] == "dpo" and config["pref_loss"] == "orpo"
+    assert config["report_to"] == "none" and config["logging_nan_inf_filter"] is False
+    assert config["output_dir"] == str(layout.checkpoints)
+    assert config["deepspeed"] == str(layout.deepspeed_json)
+
+
+def test_general_set_is_interleaved_at_the_datasets_ratio() -> None:
+    both = ["docs_sft", "general_sft"]
+    interleave = {"mix_strategy": "interleave_under"}
+    assert render_mix(both, interleave, 0.3) == {"interleave_probs": "0.7,0.3"}
+    assert render_mix(both, {**interleave, "interleave_probs": "0.9,0.1"}, 0.3) == {}
+    assert render_mix(both, {"mix_strategy": "concat"}, 0.3) == {}
+    # one set: a probability list from params would not match it, so it is dropped
+    assert render_mix(["docs_sft"], {**interleave, "interleave_probs": "0.9,0.1"}, 0.3) == {
+        "interleave_probs": None
+    }
+
+
+def test_export_merges_lora_and_resaves_full(tmp_path: Path) -> None:
+    layout = StageLayout(tmp_path / "out", tmp_path / "ckpt")
+    lora = render_export_config(
+        {"model_name_or_path": "m", "output_dir": "o", "template": "llama3"}, layout, {}
+    )
+    assert lora["model_name_or_path"] == "m" and lora["adapter_name_or_path"] == str(layout.adapter)
+    assert lora["template"] == "llama3" and lora["export_dir"] == str(layout.staging)
+    full = render_export_config(
+        {"model_name_or_path": "m", "output_dir": "o", "finetuning_type": "full"}, layout, {}
+    )
+    assert full["model_name_or_path"] == "o" and "adapter_name_or_path" not in full
+
+
+def test_missing_inputs_name_the_stage_to_run(tmp_path: Path) -> None:
+    with pytest.raises(LlamaFactoryError, match=r"sft\.model: .* `dvc repro cpt`"):
+        check_model_folder(tmp_path / "models/cpt/long", "sft.model", "cpt")
+    with pytest.raises(LlamaFactoryError, match="dvc repro datasets"):
+        read_dataset_names(tmp_path, ["docs_sft"])
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"docs_sft": {}}))
+    assert read_dataset_names(tmp_path, ["docs_sft"], ["general_sft"]) == ["docs_sft"]
+
+
+def write_checkpoint(folder: Path, step: int, complete: bool = True) -> Path:
+    path = folder / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    (path / "adapter_model.safetensors").write_bytes(b"w")
+    if complete:
+        (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    return path
+
+
+def test_resume_picks_the_newest_complete_checkpoint(tmp_path: Path) -> None:
+    assert prepare_checkpoints(tmp_path, "a") == (None, "starting afresh (no earlier run)")
+    write_checkpoint(tmp_path, 2)
+    write_checkpoint(tmp_path, 10)
+    write_checkpoint(tmp_path, 12, complete=False)  # killed while saving
+    resume, why = prepare_checkpoints(tmp_path, "a")
+    assert resume == tmp_path / "checkpoint-10" and why == "resuming from checkpoint-10"
+    assert not (tmp_path / "checkpoint-12").exists()
+
+
+def test_changed_settings_or_inputs_start_afresh(tmp_path: Path) -> None:
+    prepare_checkpoints(tmp_path, "a")
+    write_checkpoint(tmp_path, 4)
+    assert prepare_checkpoints(tmp_path, "b") == (
+        None,
+        "starting afresh (settings or inputs changed)",
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [FINGERPRINT_FILE]
+
+
+def test_only_run_length_keys_keep_the_fingerprint() -> None:
+    base = {"learning_rate": 1e-4, "max_steps": 10, "save_steps": 5}
+    extra = {"inputs": "x"}
+    longer = render_fingerprint({**base, "max_steps": 20, "save_steps": 10}, extra)
+    assert longer == render_fingerprint(base, extra)
+    assert render_fingerprint({**base, "learning_rate": 2e-4}, extra) != longer
+    assert render_fingerprint(base, {"inputs": "y"}) != longer
+
+
+@pytest.mark.parametrize(
+    ("line", "found"),
+    [
+        ("{'loss': 'nan', 'grad_norm': 'nan', 'learning_rate': '0.001', 'epoch': '0.5'}", "loss"),
+        ("{'loss': '10.5', 'sft_loss': 'inf', 'odds_ratio_loss': '0.7'}", "sft_loss"),
+        ('{"current_steps": 3, "loss": NaN, "lr": 0.001}', "loss"),
+        ("{'loss': '10.5', 'grad_norm': 'nan'}", None),
+        ("  train_loss               =    10.7784", None),
+        ("loading file nan_handling.py", None),
+    ],
+)
+def test_nan_loss_lines_are_recognised(line: str, found: str | None) -> None:
+    problem = parse_nonfinite_loss(line)
+    assert (problem.split()[0] if problem else None) == found
+
+
+def test_nan_in_the_trainer_log_fails_with_the_step(tmp_path: Path) -> None:
+    log = tmp_path / "trainer_log.jsonl"
+    rows = [{"current_steps": 1, "loss": 2.5}, {"current_steps": 2, "loss": math.nan}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))  # json writes NaN bare
+    history = read_log_history(tmp_path)
+    with pytest.raises(NonFiniteLoss, match=r"sft: loss is nan at step 2; the run diverged"):
+        check_finite_losses(history, "sft")
+    check_finite_losses(history[:1], "sft")
+
+
+def test_a_nan_line_stops_the_run_at_once() -> None:
+    script = (
+        "import time; print('step 1', flush=True); "
+        "print(\"{'loss': 'nan', 'epoch': '0.5'}\", flush=True); time.sleep(60)"
+    )
+    lines: list[str] = []
+    started = time.monotonic()
+    with pytest.raises(NonFiniteLoss, match="loss is nan"):
+        run_streamed([sys.executable, "-c", script], {}, lines.append, what="sft")
+    assert time.monotonic() - started < 30
+    assert lines[0] == "step 1"
+
+
+def test_a_failed_run_reports_its_last_lines() -> None:
+    script = "import sys; print('ValueError: bad key', flush=True); sys.exit(3)"
+    with pytest.raises(LlamaFactoryError, match=r"status 3; its last lines:\nValueError: bad key"):
+        run_streamed([sys.executable, "-c", script], {}, lambda _: None)
+
+
+def test_the_run_dies_with_the_flow_process() -> None:
+    # a SIGKILLed flow runs no cleanup; the training it started must not run on regardless
+    child = "import os, time; print(os.getpid(), flush=True); time.sleep(120)"
+    flow = (
+        "import sys; from tasks.finetune.llamafactory import run_streamed; "
+        f"run_streamed([sys.executable, '-c', {child!r}], {{}}, lambda l: print(l, flush=True))"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", flow], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    assert parent.stdout is not None
+    pid = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and alive(pid):
+        time.sleep(0.1)
+    assert not alive(pid)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture(scope="module")
+def prefect() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, PathsParams]:
+    root = tmp_path_factory.mktemp("lf")
+    return root, write_tiny_model(root / "tiny"), write_sets(root / "data")
+
+
+def run_logs(state: Any) -> list[str]:
+    """The flow run's log lines, as the Prefect UI shows them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # logs travel to the server in batches
+    where = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+    lines: list[str] = []
+    with get_client(sync_client=True) as client:
+        while page := client.read_logs(where, limit=200, offset=len(lines)):
+            lines += [log.message for log in page]
+    return lines
+
+
+@pytest.fixture(scope="module")
+def stages(prefect: None, inputs: tuple[Path, Path, PathsParams]) -> dict[str, Any]:
+    """sft on the tiny model, then orpo from sft's merged model, as `dvc repro` chains them."""
+    root, tiny, paths = inputs
+    sft = sft_params(root, tiny)
+    sft_state = sft_flow(paths, sft, Path("unused"), 0.5, return_state=True)
+    orpo = orpo_params(root, sft.output / "model", max_steps=8)
+    orpo_state = orpo_flow(paths, orpo, Path("unused"), return_state=True)
+    return {
+        "paths": paths,
+        "tiny": tiny,
+        "sft": (sft, sft_state.result(), run_logs(sft_state)),
+        "orpo": (orpo, orpo_state.result(), run_logs(orpo_state)),
+    }
+
+
+def weights(folder: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return {k: v for f in folder.glob("*.safetensors") for k, v in load_file(f).items()}
+
+
+def generate(folder: Path) -> str:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is p0w0?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    out = model.generate(**ids, max_new_tokens=6, do_sample=False)
+    assert out.shape[1] > ids["input_ids"].shape[1]
+    return str(tokenizer.decode(out[0]))
+
+
+@pytest.mark.parametrize("stage", ["sft", "orpo"])
+def test_stage_trains_and_writes_a_merged_model(stages: dict[str, Any], stage: str) -> None:
+    params, report, logs = stages[stage]
+    layout = StageLayout(params.output, params.checkpoints)
+    start = stages["tiny"] if stage == "sft" else stages["sft"][0].output / "model"
+    assert report["steps"] == params.train["max_steps"] and report["resumed_from"] is None
+    assert (
+        math.isfinite(report["loss"]["last"]) and report["loss"]["last"] < report["loss"]["first"]
+    )
+    # the exact YAMLs beside the model, and what they say
+    train = yaml.safe_load(layout.train_yaml.read_text())
+    assert train["model_name_or_path"] == str(start)
+    assert train["stage"] == ("sft" if stage == "sft" else "dpo")
+    assert train["lora_rank"] == 8 and train["report_to"] == "none"
+    assert yaml.safe_load(layout.export_yaml.read_text())["adapter_name_or_path"] == str(
+        layout.adapter
+    )
+    assert (layout.adapter / "adapter_model.safetensors").is_file()
+    assert not layout.staging.exists()
+    # merging changed the weights LoRA targeted, and plain transformers loads the result
+    before, after = weights(start), weights(layout.model)
+    changed = [k for k in before if not (before[k] == after[k]).all()]
+    assert any("q_proj" in k for k in changed) and any("down_proj" in k for k in changed)
+    assert generate(layout.model)
+    # LlamaFactory's output went line by line into the Prefect run log
+    assert any(line.startswith("{'loss': ") for line in logs)
+    reports = stages["paths"].reports
+    assert json.loads((reports / f"{stage}.json").read_text())["steps"] == report["steps"]
+    curve = (reports / f"{stage}_loss.csv").read_text().splitlines()
+    assert curve[0] == "step,loss" and len(curve) == 1 + params.train["max_steps"]
+
+
+def test_orpo_trains_from_the_merged_sft_model_without_a_reference(
+    stages: dict[str, Any],
+) -> None:
+    params = stages["orpo"][0]
+    train = yaml.safe_load(StageLayout(params.output, params.checkpoints).train_yaml.read_text())
+    assert train["pref_loss"] == "orpo" and train["pref_beta"] == 0.1
+    assert "ref_model" not in train
+
+
+def test_orpo_margin_grows_on_a_separable_set(stages: dict[str, Any]) -> None:
+    # chosen answers start "Because ...", rejected ones "No ...": separable by their first word
+    params, report, _ = stages["orpo"]
+    history = read_log_history(params.checkpoints)
+    margins = [r["margin"] for r in extract_curve(history, {"margin": "rewards/margins"})]
+    assert len(margins) == params.train["max_steps"]
+    assert sum(margins[-2:]) / 2 > sum(margins[:2]) / 2
+    assert margins[-1] > 0 and report["margin"]["last"] == margins[-1]
+    rows = (stages["paths"].reports / "orpo_margins.csv").read_text().splitlines()
+    assert rows[0] == "step,margin,chosen,rejected,accuracy"
+
+
+def kill_when_saved(checkpoint_state: Path, killed: list[int]) -> None:
+    """SIGKILL the llamafactory-cli this test process started, once it has saved a checkpoint."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not checkpoint_state.is_file():
+        time.sleep(0.05)
+    for child in psutil.Process().children(recursive=True):
+        if any("llamafactory-cli" in part for part in child.cmdline()):
+            child.kill()
+            killed.append(child.pid)
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(
+    prefect: None, inputs: tuple[Path, Path, PathsParams]
+) -> None:
+    # full fine-tuning here, so the export path without an adapter is covered too
+    root, tiny, paths = inputs
+    params = sft_params(
+        root / "resume", tiny, finetuning_type="full", max_steps=12, learning_rate=1e-4
+    )
+    killed: list[int] = []
+    watcher = threading.Thread(
+        target=kill_when_saved,
+        args=(params.checkpoints / "checkpoint-2" / "trainer_state.json", killed),
+    )
+    watcher.start()
+    first = sft_flow(paths, params, Path("unused"), 0.5, return_state=True)
+    watcher.join()
+    assert killed and first.is_failed()
+    saved = [int(p.name.split("-")[1]) for p in params.checkpoints.glob("checkpoint-*")]
+    assert saved and max(saved) < 12
+
+    second = sft_flow(paths, params, Path("unused"), 0.5, return_state=True)
+    report = second.result()
+    resumed = Path(report["resumed_from"])
+    step = int(resumed.name.split("-")[1])
+    assert resumed.parent == params.checkpoints and step >= 2
+    logs = run_logs(second)
+    assert any(f"Loading model from {resumed}" in line for line in logs)
+    assert sum(line.startswith("{'loss': ") for line in logs) == 12 - step  # only the rest ran
+    state = json.loads((params.checkpoints / "trainer_state.json").read_text())
+    assert state["global_step"] == 12
+    steps = [e["step"] for e in state["log_history"] if "loss" in e]
+    assert steps == list(range(1, 13))  # the checkpoint's history continued, no step twice
+    assert report["finetuning_type"] == "full" and generate(params.output / "model")
+    assert not (params.output / "adapter").exists()
+
+
+@pytest.mark.slow
+def test_stages_train_smollm2_on_the_cpu(
+    prefect: None, inputs: tuple[Path, Path, PathsParams]
+) -> None:
+    """The default model (models/base, SmolLM2-135M-Instruct) with the shipped CPU params,
+    cut to a few steps: both stages finish with a finite, falling loss and a model that loads."""
+    base = REPO / "models" / "base"
+    if not (base / "config.json").is_file():
+        pytest.skip("models/base is missing: run `dvc repro model`")
+    root, _, paths = inputs
+    shipped = load_params("sft", SftParams, REPO / "params.yaml")
+    few = {"max_steps": 3, "save_steps": 3}
+    sft = shipped.model_copy(
+        update={
+            "output": root / "smol/sft",
+            "checkpoints": root / "smol/ckpt-sft",
+            "train": {**shipped.train, **few},
+        }
+    )
+    sft_report = sft_flow(paths, sft, base, 0.5)
+    shipped_orpo = load_params("orpo", OrpoParams, REPO / "params.yaml")
+    orpo = shipped_orpo.model_copy(
+        update={
+            "output": root / "smol/orpo",
+            "checkpoints": root / "smol/ckpt-orpo",
+            "train": {**shipped_orpo.train, **few},
+        }
+    )
+    orpo_report = orpo_flow(paths, orpo, sft.output / "model")
+    for report in (sft_report, orpo_report):
+        assert report["steps"] == 3 and math.isfinite(report["loss"]["last"])
+    assert generate(orpo.output / "model")
+
+
+@pytest.mark.slow
+def test_deepspeed_config_runs_through_torchrun(
+    prefect: None, inputs: tuple[Path, Path, PathsParams]
+) -> None:
+    """sft.deepspeed is written beside train.yaml and launched through torchrun (ZeRO-2 on the
+    CPU; the first run JIT-compiles DeepSpeed's shared-memory op, ~1 min)."""
+    root, tiny, paths = inputs
+    zero2 = {
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "train_batch_size": "auto",
+        "gradient_clipping": "auto",
+        "zero_optimization": {"stage": 2},
+    }
+    params = sft_params(root / "ds", tiny).model_copy(update={"deepspeed": zero2})
+    state = sft_flow(paths, params, Path("unused"), 0.5, return_state=True)
+    report = state.result()
+    assert report["steps"] == params.train["max_steps"]
+    assert json.loads((params.output / "deepspeed.json").read_text()) == zero2
+    logs = run_logs(state)
+    assert any("distributed training: True" in line for line in logs)
+    assert generate(params.output / "model")

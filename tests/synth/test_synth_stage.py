@@ -1,0 +1,315 @@
+"""The synth stage end to end on the Markdown the markdown stage makes from real PostgreSQL
+pages: outputs and report, incrementality (an unchanged rerun makes no calls, a changed page
+costs only its own calls), resume after a kill, and the failed-page threshold. The scripted
+client records prompts; one test goes through the real openai SDK to a fake HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tasks.core.documents import parse_document, render_document
+from tasks.core.params import EndpointParams, SamplingParams, SynthParams
+from tasks.core.records import PreferenceTriple, QAPair
+from tasks.llm.client import EndpointError, build_client, check_endpoint
+from tasks.markdown.build import build_markdown
+from tasks.synth.generate import (
+    PageOutcome,
+    PageWork,
+    Settings,
+    SynthDirs,
+    TooManyFailedPages,
+    check_failed_pages,
+    read_token_counter,
+    run_synth,
+    synthesize_page,
+)
+from tasks.synth.prompts import grammar_max_chars
+from tests.support.fake_openai import ok, serve_fake_openai
+from tests.support.fixture_site import FIXTURE_SITE, PARAMS, crawl
+from tests.support.synth_fakes import ScriptedClient, scripted_reply
+
+REPO = Path(__file__).resolve().parents[2]
+TOKENIZERS = REPO / ".cache" / "tokenizers"  # shared with the markdown stage; made once
+SYNTH = SynthParams()  # the shipped defaults: 1024-token chunks, gbnf grammars
+
+
+@pytest.fixture(scope="module")
+def markdown_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pg15")
+    crawl(FIXTURE_SITE, root / "raw")
+    build_markdown(root / "raw", root / "md", PARAMS, TOKENIZERS)
+    return root / "md"
+
+
+@pytest.fixture(scope="module")
+def count() -> Any:
+    return read_token_counter(None, TOKENIZERS)
+
+
+@pytest.fixture
+def dirs(tmp_path: Path, markdown_dir: Path) -> SynthDirs:
+    shutil.copytree(markdown_dir, tmp_path / "md")
+    return SynthDirs(tmp_path / "md", tmp_path / "qa", tmp_path / "pref", tmp_path / "cache")
+
+
+def run(
+    client: Any, dirs: SynthDirs, count: Any, params: SynthParams = SYNTH, run_page: Any = None
+) -> dict[str, Any]:
+    if run_page is None:
+        return asyncio.run(run_synth(client, dirs, params, count))
+    return asyncio.run(run_synth(client, dirs, params, count, run_page=run_page))
+
+
+class RecordingRunner:
+    """Stands in for the flow's per-page Prefect task: records which pages it ran."""
+
+    def __init__(self) -> None:
+        self.urls: list[str] = []
+
+    async def __call__(self, client: Any, work: PageWork, settings: Settings) -> PageOutcome:
+        self.urls.append(work.doc.url)
+        return await synthesize_page(client, work, settings)
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def snapshot(*folders: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for f in folders for p in sorted(f.rglob("*")) if p.is_file()}
+
+
+def page_file(dirs: SynthDirs, name: str) -> Path:
+    return next(p for p in dirs.markdown.glob("*.md") if is_page(p.read_text(), name))
+
+
+def is_page(text: str, name: str) -> bool:
+    """Whether a page file or a prompt is about page `name` (by its front matter's url)."""
+    return re.search(rf"^url: \S+/{re.escape(name)}$", text, re.MULTILINE) is not None
+
+
+def cache_files(dirs: SynthDirs) -> set[str]:
+    return {p.name for p in dirs.cache.glob("*/*.json")}
+
+
+def test_stage_writes_pairs_triples_and_report(dirs: SynthDirs, count: Any) -> None:
+    client = ScriptedClient()
+    report = run(client, dirs, count)
+
+    assert report["pages"] == 4 and report["pages_failed"] == 0
+    assert report["pages_over_max_pages"] == 0
+    assert report["chunks"] > 4  # the long pages were split
+    assert report["calls"] == {"made": len(client.prompts), "reused": 0, "failed": 0}
+    assert report["tokens"]["completion_made"] == report["tokens"]["completion_total"] > 0
+    assert "cost" not in report
+    pairs = [QAPair.model_validate(r) for r in read_rows(dirs.qa / "pairs.jsonl")]
+    triples = [PreferenceTriple.model_validate(r) for r in read_rows(dirs.pref / "triples.jsonl")]
+    assert len(pairs) == report["pairs"] > 0 and len(triples) == report["triples"] > 0
+    for pair in pairs:
+        assert pair.answer.endswith(f"(Source: {pair.url}, PostgreSQL {pair.version})")
+        assert pair.product == "PostgreSQL" and pair.model == "scripted-model"
+    assert {t.kind.value for t in triples} == {"good", "false_premise"}
+    assert sum(report["competency_mix"].values()) == len(triples)
+    # Dropped items are in the exclusions file with their reason, counted in the report.
+    excluded = read_rows(dirs.qa / "exclusions.jsonl") + read_rows(dirs.pref / "exclusions.jsonl")
+    assert excluded and all(r["reason"] and r["detail"] for r in excluded)
+    assert {r["reason"] for r in excluded} <= {
+        k.split(".", 1)[1] for k in [*report["dropped_by_reason"], *report["parse_failures"]]
+    }
+    assert 0 < report["grounding"]["grounded_share"] <= 1
+    ids = [p.id for p in pairs]
+    assert len(set(ids)) == len(ids)
+
+
+def test_max_pages_limits_the_work_and_says_so(dirs: SynthDirs, count: Any) -> None:
+    report = run(ScriptedClient(), dirs, count, SYNTH.model_copy(update={"max_pages": 1}))
+    assert report["pages"] == 1 and report["pages_over_max_pages"] == 3
+    skipped = [
+        r for r in read_rows(dirs.qa / "exclusions.jsonl") if r["reason"] == "over_max_pages"
+    ]
+    assert len(skipped) == 3
+
+
+def test_cost_line_when_prices_are_set(dirs: SynthDirs, count: Any) -> None:
+    prices = {"max_pages": 1, "price_prompt_per_mtok": 1.0, "price_completion_per_mtok": 2.0}
+    report = run(ScriptedClient(), dirs, count, SYNTH.model_copy(update=prices))
+    tokens = report["tokens"]
+    expected = (tokens["prompt_made"] + 2 * tokens["completion_made"]) / 1e6
+    assert report["cost"] == {"made_usd": round(expected, 6), "total_usd": round(expected, 6)}
+
+
+def test_unchanged_rerun_makes_no_calls_and_a_changed_page_only_its_own(
+    dirs: SynthDirs, count: Any
+) -> None:
+    first = run(ScriptedClient(), dirs, count)
+    before = snapshot(dirs.qa, dirs.pref, dirs.cache)
+
+    again, runner = ScriptedClient(), RecordingRunner()
+    report = run(again, dirs, count, run_page=runner)
+    assert again.prompts == [] and runner.urls == []  # cached pages are replayed inline
+    assert report["calls"]["made"] == 0 and report["calls"]["reused"] == first["calls"]["made"]
+    assert report["cache_pruned"] == 0
+    assert snapshot(dirs.qa, dirs.pref, dirs.cache) == before
+
+    page = page_file(dirs, "backup-file.html")
+    page.write_text(page.read_text().replace("file system", "filesystem"))
+    changed, runner = ScriptedClient(), RecordingRunner()
+    report = run(changed, dirs, count, run_page=runner)
+    assert changed.prompts and all(is_page(u, "backup-file.html") for u in changed.users())
+    assert [Path(u).name for u in runner.urls] == ["backup-file.html"]
+    assert report["calls"]["made"] == len(changed.prompts)
+    assert report["cache_pruned"] > 0  # the old version's replies
+    assert report["calls"]["made"] + report["calls"]["reused"] == len(cache_files(dirs))
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, asyncio.CancelledError])
+def test_killed_run_resumes_without_redoing_finished_calls(
+    dirs: SynthDirs, count: Any, interrupt: type[BaseException]
+) -> None:
+    def kill_after_40(messages: list[dict[str, str]], n: int) -> BaseException | None:
+        return interrupt() if n == 41 else None
+
+    full = ScriptedClient()
+    fresh = dirs.cache.parent / "fresh"
+    run(full, SynthDirs(dirs.markdown, fresh / "qa", fresh / "pref", fresh / "cache"), count)
+
+    with pytest.raises(interrupt):
+        run(ScriptedClient(fail=kill_after_40), dirs, count)
+    finished = cache_files(dirs)
+    # A KeyboardInterrupt stops everything; a cancelled call lets its siblings finish first.
+    assert 0 < len(finished) < len(full.prompts)
+    assert not list(dirs.qa.glob("*.jsonl"))  # no output until a run completes
+
+    resumed = ScriptedClient()
+    report = run(resumed, dirs, count)
+    assert report["calls"]["reused"] == len(finished)
+    assert report["calls"]["made"] + len(finished) == len(full.prompts)
+    assert (dirs.qa / "pairs.jsonl").read_bytes() == (fresh / "qa" / "pairs.jsonl").read_bytes()
+
+
+def test_failing_page_is_recorded_and_the_threshold_decides(dirs: SynthDirs, count: Any) -> None:
+    def fail_dump(messages: list[dict[str, str]], n: int) -> BaseException | None:
+        if is_page(messages[-1]["content"], "backup-dump.html"):
+            return EndpointError("http://127.0.0.1:8766/v1/chat/completions: HTTP 500")
+        return None
+
+    tolerant = SYNTH.model_copy(update={"max_failed_fraction": 0.5})
+    report = run(ScriptedClient(fail=fail_dump), dirs, count, tolerant)
+    assert report["pages_failed"] == 1 and report["calls"]["failed"] > 0
+    errors = [r for r in read_rows(dirs.qa / "exclusions.jsonl") if r["reason"] == "endpoint_error"]
+    assert len(errors) == 1 and errors[0]["url"].endswith("backup-dump.html")
+    assert "HTTP 500" in errors[0]["detail"]
+    pairs = read_rows(dirs.qa / "pairs.jsonl")
+    assert pairs and not any(r["url"].endswith("backup-dump.html") for r in pairs)
+    check_failed_pages(report, tolerant.max_failed_fraction)
+    with pytest.raises(TooManyFailedPages, match="1 of 4 pages failed"):
+        check_failed_pages(report, SYNTH.max_failed_fraction)
+
+    # Once the endpoint recovers, only the failed page's calls are made.
+    recovered = ScriptedClient()
+    report = run(recovered, dirs, count)
+    assert report["pages_failed"] == 0
+    assert recovered.prompts and all(is_page(u, "backup-dump.html") for u in recovered.users())
+
+
+def test_stage_through_the_openai_sdk_and_a_fake_server(dirs: SynthDirs, count: Any) -> None:
+    """Tier 2: the real client, wire format and grammar field, against a fake HTTP server."""
+
+    truncated: list[str] = []
+
+    def respond(body: dict[str, Any]) -> Any:
+        if not truncated and "<QUE> question <ANS>" in body["messages"][-1]["content"]:
+            truncated.append("qa")  # the first Q/A reply stops at max_tokens mid-answer
+            return ok("<QUE> What is a dump? <ANS> A dump", finish_reason="length")
+        return ok(scripted_reply(body["messages"]), delay_s=0.01)  # so calls overlap
+
+    with serve_fake_openai() as fake:
+        fake.responder = respond
+        endpoint = EndpointParams(
+            base_url=fake.base_url, model=fake.model, concurrency=3, retries=0
+        )
+        params = SYNTH.model_copy(update={"endpoint": endpoint})
+        report = asyncio.run(run_via_client(dirs, params, count))
+
+    assert report["pairs"] > 0 and report["triples"] > 0
+    assert report["calls"]["made"] == len(fake.chat_bodies)
+    assert report["parse_failures"].get("qa.truncated") == 1
+    # With a grammar, max_tokens rises to the longest reply it allows, so none is cut off.
+    longest = grammar_max_chars(params.max_pairs, params.max_points, params.max_answer_chars)
+    assert longest > 1024
+    assert all("grammar" in b and b["max_tokens"] == longest for b in fake.chat_bodies)
+    assert 1 < fake.max_in_flight <= 3
+
+
+async def run_via_client(dirs: SynthDirs, params: SynthParams, count: Any) -> dict[str, Any]:
+    async with build_client(params.endpoint, params.structured) as client:
+        await check_endpoint(client)
+        return await run_synth(client, dirs, params, count)
+
+
+def shorten_pages(dirs: SynthDirs, keep: list[str], max_chars: int) -> None:
+    """Leave only `keep` (page file names), each cut to its first `max_chars` of body."""
+    rows = [json.loads(line) for line in (dirs.markdown / "index.jsonl").read_text().splitlines()]
+    kept = []
+    for row in rows:
+        path = dirs.markdown / f"{row['id']}.md"
+        if not any(row["url"].endswith(name) for name in keep):
+            path.unlink()
+            continue
+        doc, body = parse_document(path.read_text())
+        path.write_text(render_document(doc, body[:max_chars].rsplit("\n\n", 1)[0]))
+        kept.append(row)
+    (dirs.markdown / "index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+@pytest.mark.slow  # ~2 min on 2 CPU cores: SmolLM2 generates ~13 tokens/s here
+def test_real_smollm2_end_to_end_on_two_short_pages(dirs: SynthDirs, count: Any) -> None:
+    """Tier 3: the real llama.cpp server and model with GBNF grammars. SmolLM2-135M's answers
+    are often wrong, so grounding is off here: the point is that every reply parses."""
+    from tasks.core.procs import free_port
+    from tasks.core.tokens import find_smollm2_gguf
+    from tasks.llm.server import start_llama_server
+
+    shorten_pages(dirs, ["backup-dump.html", "backup-file.html"], max_chars=1500)
+    alias = "SmolLM2-135M-Instruct"
+    with start_llama_server(
+        find_smollm2_gguf(), port=free_port(), alias=alias, n_parallel=2, n_ctx=4096, threads=2
+    ) as base_url:
+        sampling = SamplingParams(max_tokens=768, seed=1)
+        endpoint = EndpointParams(
+            base_url=base_url, model=alias, sampling=sampling, concurrency=2, timeout_s=120
+        )
+        params = SynthParams(
+            endpoint=endpoint, max_pairs=1, max_points=1, max_answer_chars=240, min_grounding=0.0
+        )
+        report = asyncio.run(run_via_client(dirs, params, count))
+
+    assert report["pages"] == 2 and report["pages_failed"] == 0
+    assert report["calls"]["made"] == 8, report  # per page: Q/A, points, two triples
+    dropped = report["dropped_by_reason"]
+    parsed_pairs = report["pairs"] + sum(n for k, n in dropped.items() if k.startswith("qa."))
+    parsed_triples = report["triples"] + sum(n for k, n in dropped.items() if k.startswith("tri"))
+    assert parsed_pairs >= 1 and parsed_triples >= 1, report
+    for row in read_rows(dirs.qa / "pairs.jsonl"):
+        assert QAPair.model_validate(row).answer.endswith("PostgreSQL 15.20)")
+    for row in read_rows(dirs.pref / "triples.jsonl"):
+        PreferenceTriple.model_validate(row)
+    assert report["completion_tokens_per_s"] > 0
+
+
+def test_unreachable_endpoint_fails_before_any_work(dirs: SynthDirs, count: Any) -> None:
+    from flows.synth import generate
+    from tasks.core.procs import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    params = SYNTH.model_copy(update={"endpoint": EndpointParams(base_url=url, retries=0)})
+    with pytest.raises(EndpointError, match=f"{url}/models"):
+        asyncio.run(generate(dirs, params, count))
+    assert not dirs.qa.exists() and not dirs.cache.exists()
