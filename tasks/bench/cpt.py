@@ -134,7 +134,7 @@ def run_bench(seq_len: int, steps: int, base: Path | None) -> dict[str, Any]:
         rows = write_random_phase(
             work / "data" / "bench", steps, seq_len, read_vocab_size(model_dir)
         )
-        lr = params.deepspeed.optimizer.params.lr
+        lr = float(params.deepspeed["optimizer"]["params"]["lr"])
         load_before = os.getloadavg()[0]
         bare = measure_bare(model_dir, rows, lr)
         trainer = measure_trainer(params, model_dir, work, steps, seq_len)
@@ -147,8 +147,8 @@ def run_bench(seq_len: int, steps: int, base: Path | None) -> dict[str, Any]:
         "steps_measured": {"bare": len(bare), "trainer": len(trainer)},
         "threads": threads(),
         "cores": os.cpu_count(),
-        "zero_stage": params.deepspeed.zero_optimization.stage,
-        "gradient_clipping": params.deepspeed.gradient_clipping,
+        "zero_stage": params.deepspeed["zero_optimization"]["stage"],
+        "gradient_clipping": params.deepspeed["gradient_clipping"],
         "bare_tokens_per_s": [round(r[0], 2) for r in bare],
         "trainer_tokens_per_s": [round(r[0], 2) for r in trainer],
         "bare_tokens_per_cpu_s": [round(r[1], 2) for r in bare],

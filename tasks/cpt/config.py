@@ -4,6 +4,7 @@ resumed. Pure: nothing here touches the disk or imports DeepSpeed."""
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 from collections.abc import Mapping
@@ -12,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from tasks.core.params import CptParams, DeepSpeedParams, ParamsError, PhaseParams
+from tasks.core.params import SCHEDULERS_WITH_TOTAL_STEPS, CptParams, ParamsError, PhaseParams
 
 TRAINER_MODULE = "tasks.cpt.train"
 # Files the trainer and the flow share in <cpt.checkpoints>/<phase>/.
@@ -47,11 +48,8 @@ class RunSpec(BaseModel):
     attn_implementation: str
     gradient_checkpointing: bool
     ds_config: dict[str, Any]
-    # Test hooks, never set from params: exit with an error after this step, as a killed run
-    # would; the micro-batches (by cursor) whose loss rank 0 turns into NaN; modules every rank
-    # imports first (a CPU stand-in for flash-attn's kernels).
-    stop_after_steps: int | None = None
-    nonfinite_at: tuple[int, ...] = ()
+    # Modules every rank imports before anything else, never set from params: a way to put
+    # kernels or patches in place ahead of the model (e.g. a CPU stand-in for flash-attn's).
     preload: tuple[str, ...] = ()
 
     @property
@@ -78,10 +76,10 @@ def plan_steps(params: CptParams, phase: PhaseParams, rows: int) -> int:
     else:
         ds = params.deepspeed
         replicas = world_size(params) // params.sequence_parallel
-        per_step = ds.train_micro_batch_size_per_gpu * ds.gradient_accumulation_steps * replicas
-        steps = max(1, math.ceil(params.epochs * rows / per_step))
-    warmup = params.deepspeed.scheduler.params.warmup_num_steps
-    if warmup >= steps:
+        per_replica = ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"]
+        steps = max(1, math.ceil(params.epochs * rows / (per_replica * replicas)))
+    warmup = params.deepspeed["scheduler"].get("params", {}).get("warmup_num_steps")
+    if warmup is not None and warmup >= steps:
         raise ParamsError(
             f"cpt.deepspeed.scheduler.params.warmup_num_steps ({warmup}) must be below the "
             f"{steps} steps of phase {phase.name} (cpt.phases.{phase.name}.max_steps)"
@@ -89,14 +87,21 @@ def plan_steps(params: CptParams, phase: PhaseParams, rows: int) -> int:
     return steps
 
 
-def render_ds_config(ds: DeepSpeedParams, steps: int, tensorboard_dir: Path, job: str) -> dict:
-    """DeepSpeed's config: the params' deepspeed block as is, plus the schedule's length."""
-    config = ds.model_dump(mode="json", exclude_none=True)
-    config["scheduler"]["params"]["total_num_steps"] = steps
-    board = config.pop("tensorboard")
-    if board["enabled"]:
+def render_ds_config(
+    ds: Mapping[str, Any], steps: int, tensorboard_dir: Path, job: str
+) -> dict[str, Any]:
+    """DeepSpeed's config: the params' deepspeed block as is, plus what is the phase's own: the
+    schedule's length and where TensorBoard's events go."""
+    config = copy.deepcopy(dict(ds))
+    scheduler = config["scheduler"]
+    if scheduler["type"] in SCHEDULERS_WITH_TOTAL_STEPS:
+        scheduler.setdefault("params", {})["total_num_steps"] = steps
+    # A disabled monitor is left out, as it always was: the config of unchanged params stays
+    # the same, and so does the fingerprint its checkpoints are resumed by.
+    board = config.pop("tensorboard", {})
+    if board.get("enabled"):
         config["tensorboard"] = {
-            "enabled": True,
+            **board,
             "output_path": board.get("output_path") or str(tensorboard_dir),
             "job_name": job,
         }
@@ -104,7 +109,11 @@ def render_ds_config(ds: DeepSpeedParams, steps: int, tensorboard_dir: Path, job
 
 
 def render_run_spec(
-    params: CptParams, phase: PhaseParams, steps: int, data_root: Path, **hooks: Any
+    params: CptParams,
+    phase: PhaseParams,
+    steps: int,
+    data_root: Path,
+    preload: tuple[str, ...] = (),
 ) -> RunSpec:
     checkpoint_dir = params.checkpoints / phase.name
     return RunSpec(
@@ -126,12 +135,12 @@ def render_run_spec(
         ds_config=render_ds_config(
             params.deepspeed, steps, checkpoint_dir / "tensorboard", phase.name
         ),
-        **hooks,
+        preload=preload,
     )
 
 
 # Settings that change what a resumed run computes; the rest (checkpoint cadence, the NaN
-# limit, test hooks) may change between a killed run and its restart.
+# limit, preloaded modules) may change between a killed run and its restart.
 RESUME_KEYS = (
     "phase",
     "seq_len",

@@ -3,7 +3,7 @@ flows.cpt runs; the one module that imports DeepSpeed.
 
     python -m deepspeed.launcher.runner --num_gpus=N --module tasks.cpt.train RUN_JSON
 
-RUN_JSON is the phase's run spec (tasks.cpt_config.RunSpec) that the flow writes. The trainer
+RUN_JSON is the phase's run spec (tasks.cpt.config.RunSpec) that the flow writes. The trainer
 resumes from the newest checkpoint in the spec's checkpoint folder when there is one, trains
 to spec.steps, checkpoints every checkpoint_steps (model, optimizer, scheduler, data cursor,
 every rank's RNG), and writes the final weights (export/), one JSON line per step
@@ -40,7 +40,6 @@ from tasks.cpt.zigzag import ParallelLayout, build_groups, reduce_loss, shard_ba
 from tasks.cpt.zigzag import sum_causal_lm_loss as sum_loss
 
 EXIT_NONFINITE = 2
-EXIT_STOPPED = 3
 TAG_PREFIX = "step-"
 
 
@@ -245,8 +244,6 @@ class Trainer:
         (dropped before backward)."""
         batch = self.next_batch(state.cursor)
         loss = forward_loss(self.engine, batch, self.parallel)
-        if state.cursor in self.spec.nonfinite_at and self.parallel.rank == 0:
-            loss = loss * float("nan")
         state.cursor += 1
         if any_rank(not bool(torch.isfinite(loss)), loss.device):
             state.nonfinite_total += 1
@@ -394,9 +391,6 @@ def run(spec: RunSpec) -> dict[str, Any]:
             progress.update(1)
         if state.step % spec.checkpoint_steps == 0 or state.step == spec.steps:
             save_checkpoint(engine, spec, state, parallel)
-        if spec.stop_after_steps is not None and state.step >= spec.stop_after_steps:
-            progress.close()
-            raise SystemExit(EXIT_STOPPED)
     progress.close()
     export_model(engine, spec, parallel)
     return {

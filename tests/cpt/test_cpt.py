@@ -20,6 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tasks.core.io import write_json_atomic
 from tasks.core.packed import PAD_DOC, PackedRow, Segment
 from tasks.core.params import CptParams, ParamsError
 from tasks.core.procs import split_lines
@@ -36,7 +37,8 @@ from tasks.cpt.config import (
 from tasks.cpt.data import collate_rows, micro_batch_rows
 from tasks.cpt.launch import prepare_checkpoint_dir, read_step_log, read_trainer_result
 from tasks.cpt.perplexity import measure_perplexity, split_windows
-from tasks.cpt.train import EXIT_NONFINITE, EXIT_STOPPED
+from tasks.cpt.train import EXIT_NONFINITE
+from tests.support.cpt_fault_preload import EXIT_STOPPED, PRELOAD
 from tests.support.cpt_fixtures import HELD_OUT, build_tiny_phase, launch_phase, tiny_params
 
 # Resumed and uninterrupted runs replay the same fp32 arithmetic on the same rows from the
@@ -189,21 +191,143 @@ def test_steps_follow_epochs_and_warmup_must_fit(tmp_path: Path) -> None:
         ({"sequence_parallel": 2, "processes_per_node": 2}, "cross_document_attention: true"),
         (
             {"sequence_parallel": 2, "processes_per_node": 2, "cross_document_attention": True},
-            "needs deepspeed.bf16 or deepspeed.fp16",
+            "needs cpt.deepspeed.bf16.enabled or cpt.deepspeed.fp16.enabled",
         ),
         ({"sequence_parallel": 2}, r"must divide nodes \* processes_per_node \(1\)"),
         ({"nodes": 2}, "nodes > 1 needs a hostfile"),
-        ({"deepspeed": {"bf16": {"enabled": True}, "fp16": {"enabled": True}}}, "exclusive"),
-        ({"deepspeed": {"tensorboard": {"enabled": True}}}, "tensorboard package"),
+        (
+            {"deepspeed": {"bf16": {"enabled": True}, "fp16": {"enabled": True}}},
+            r"cpt.deepspeed.bf16.enabled and cpt.deepspeed.fp16.enabled are exclusive",
+        ),
+        (
+            {"deepspeed": {"tensorboard": {"enabled": True}}},
+            "cpt.deepspeed.tensorboard.enabled needs the tensorboard package",
+        ),
         (
             {"deepspeed": {"zero_optimization": {"offload_param": {"device": "cpu"}}}},
-            "needs zero_optimization.stage 3",
+            r"cpt.deepspeed.zero_optimization.offload_param.device 'cpu' needs "
+            r"cpt.deepspeed.zero_optimization.stage 3, got 2",
         ),
     ],
 )
 def test_params_fail_naming_the_setting(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         CptParams.model_validate(overrides)
+
+
+# A team's ds_config.json as it might be pasted in: keys the flow never reads included.
+TEAM_DS_CONFIG: dict[str, Any] = {
+    "train_micro_batch_size_per_gpu": 2,
+    "gradient_accumulation_steps": 8,
+    "gradient_clipping": 1.0,
+    "steps_per_print": 50,
+    "wall_clock_breakdown": False,
+    "communication_data_type": "fp32",
+    "zero_allow_untested_optimizer": True,
+    "bf16": {"enabled": True},
+    "zero_optimization": {
+        "stage": 3,
+        "overlap_comm": True,
+        "reduce_bucket_size": 50_000_000,
+        "stage3_prefetch_bucket_size": 50_000_000,
+        "stage3_param_persistence_threshold": 100_000,
+        "stage3_max_live_parameters": 1_000_000_000,
+        "stage3_gather_16bit_weights_on_model_save": True,
+        "offload_optimizer": {"device": "cpu", "pin_memory": True},
+        "offload_param": {"device": "cpu", "pin_memory": True},
+    },
+    "optimizer": {
+        "type": "AdamW",
+        "params": {"lr": 2e-5, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0},
+    },
+    "scheduler": {
+        "type": "WarmupDecayLR",
+        "params": {"warmup_min_lr": 0, "warmup_max_lr": 2e-5, "warmup_num_steps": 100},
+    },
+    "flops_profiler": {"enabled": False},
+    "activation_checkpointing": {"partition_activations": False},
+}
+
+
+def assert_holds(config: Any, given: Any, key: str = "deepspeed") -> None:
+    """Every key of `given` is in `config` with the same value (nested objects may hold more)."""
+    if isinstance(given, dict):
+        assert isinstance(config, dict), key
+        for name, value in given.items():
+            assert name in config, f"{key}.{name} is missing"
+            assert_holds(config[name], value, f"{key}.{name}")
+    else:
+        assert config == given and type(config) is type(given), key
+
+
+def test_a_team_ds_config_lands_in_ds_config_json_unchanged(tmp_path: Path) -> None:
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    params = CptParams.model_validate({"deepspeed": TEAM_DS_CONFIG})
+    write_json_atomic(
+        tmp_path / DS_CONFIG_FILE, render_ds_config(params.deepspeed, 500, tmp_path, "p8k")
+    )
+    written = json.loads((tmp_path / DS_CONFIG_FILE).read_text())
+    assert_holds(written, TEAM_DS_CONFIG)
+    # Another scheduler takes none of WarmupCosineLR's params; the flow adds the phase's steps.
+    assert written["scheduler"]["params"] == {
+        **TEAM_DS_CONFIG["scheduler"]["params"],
+        "total_num_steps": 500,
+    }
+    assert written["optimizer"]["params"]["torch_adam"] is True  # a default the team left out
+    assert "tensorboard" not in written
+    assert DeepSpeedConfig(written).zero_optimization_stage == 3
+
+
+@pytest.mark.parametrize(
+    ("deepspeed", "message"),
+    [
+        (
+            {"train_micro_batch_size_per_gpu": 0},
+            "train_micro_batch_size_per_gpu must be an integer",
+        ),
+        ({"gradient_accumulation_steps": "auto"}, "gradient_accumulation_steps must be an integer"),
+        ({"gradient_clipping": -1}, r"gradient_clipping must be a number >= 0"),
+        ({"optimizer": {"params": {"lr": 0}}}, r"optimizer.params.lr must be a number > 0, got 0"),
+        (
+            {"optimizer": {"params": {"lr": "1e-4"}}},
+            r"optimizer.params.lr must be a number > 0, got '1e-4'; YAML reads 1e-4 as a string",
+        ),
+        ({"optimizer": {"type": "Lamb", "params": {}}}, "optimizer.params.lr is missing"),
+        ({"zero_optimization": {"stage": 4}}, r"zero_optimization.stage must be 0, 1, 2 or 3"),
+        ({"bf16": {"enabled": "true"}}, "bf16.enabled must be true or false"),
+        ({"fp16": {"enabled": 1}}, "fp16.enabled must be true or false"),
+        ({"bf16": True}, "bf16 must be a JSON object, got True"),
+        (
+            {"scheduler": {"params": {"warmup_num_steps": 1}}},
+            r"scheduler.params.warmup_num_steps must be an integer >= 2",
+        ),
+        (
+            {"scheduler": {"type": "WarmupLR", "params": {"warmup_max_lr": 1e-3}}},
+            "scheduler.params.warmup_num_steps is missing",
+        ),
+        (
+            {"scheduler": {"params": {"total_num_steps": 100}}},
+            r"scheduler.params.total_num_steps is set by the flow \(the phase's steps",
+        ),
+        ({"tensorboard": {"job_name": "run"}}, "tensorboard.job_name is set by the flow"),
+    ],
+)
+def test_deepspeed_keys_the_code_reads_fail_naming_the_key(
+    deepspeed: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=r"cpt\.deepspeed\." + message):
+        CptParams.model_validate({"deepspeed": deepspeed})
+
+
+def test_tensorboard_events_go_beside_the_phase_checkpoints(tmp_path: Path) -> None:
+    ds = {**tiny_params(tmp_path).deepspeed, "tensorboard": {"enabled": True}}
+    config = render_ds_config(ds, 8, tmp_path / "tb", "tiny")
+    assert config["tensorboard"] == {
+        "enabled": True,
+        "output_path": str(tmp_path / "tb"),
+        "job_name": "tiny",
+    }
 
 
 def test_params_yaml_phases_chain_and_are_keyed_by_name() -> None:
@@ -537,8 +661,8 @@ def test_checkpoints_of_other_settings_or_inputs_are_cleared(tmp_path: Path) -> 
     assert prepare_checkpoint_dir(folder, render_fingerprint(spec, inputs)) == "fresh"
     (folder / "latest").write_text("step-00000004")
     assert prepare_checkpoint_dir(folder, render_fingerprint(spec, inputs)) == "resume"
-    # The kill-simulating hook and the checkpoint cadence may change between runs.
-    hooked = spec.model_copy(update={"stop_after_steps": 3, "checkpoint_steps": 1})
+    # Preloaded modules (the tests' faults) and the checkpoint cadence may change between runs.
+    hooked = spec.model_copy(update={"preload": (PRELOAD,), "checkpoint_steps": 1})
     assert prepare_checkpoint_dir(folder, render_fingerprint(hooked, inputs)) == "resume"
     longer = render_run_spec(params, params.phases[0], 9, tmp_path / "data")
     outcome = prepare_checkpoint_dir(folder, render_fingerprint(longer, inputs))
@@ -587,5 +711,5 @@ def test_flow_fails_before_training_without_packed_rows(prefect: None, tmp_path:
 
 def test_run_spec_round_trips(tmp_path: Path) -> None:
     params = tiny_params(tmp_path)
-    spec = render_run_spec(params, params.phases[0], 8, tmp_path / "data", nonfinite_at=(3,))
+    spec = render_run_spec(params, params.phases[0], 8, tmp_path / "data", (PRELOAD,))
     assert RunSpec.model_validate_json(spec.model_dump_json()) == spec

@@ -24,6 +24,8 @@ from tasks.cpt.config import (
 )
 from tasks.cpt.launch import prepare_checkpoint_dir, read_input_hashes, write_run_spec
 from tasks.datasets.packing import pack_documents
+from tests.support.cpt_fault_preload import PRELOAD as FAULTS_PRELOAD
+from tests.support.cpt_fault_preload import render_fault_env
 
 EOS = "<|endoftext|>"
 LLAMA = {
@@ -144,16 +146,23 @@ def launch_phase(
     root: Path,
     phase: str = "tiny",
     watch: Callable[[str], None] | None = None,
-    **hooks: Any,
+    preload: tuple[str, ...] = (),
+    stop_after_steps: int | None = None,
+    nonfinite_at: Sequence[int] = (),
 ) -> tuple[RunSpec, int, list[str]]:
     """One phase through the real launcher and trainer, as flows.cpt runs it (no Prefect);
-    `watch` sees each log line as it comes."""
+    `watch` sees each log line as it comes. With `stop_after_steps` the trainer exits after
+    that step as a killed run would; rank 0's loss of each micro-batch in `nonfinite_at` (by
+    cursor) turns into NaN (tests.support.cpt_fault_preload)."""
+    faults = render_fault_env(stop_after_steps, nonfinite_at)
+    if faults:
+        preload = (*preload, FAULTS_PRELOAD)
     settings = params.phase(phase)
-    spec = render_run_spec(params, settings, settings.max_steps or 1, root / "data", **hooks)
+    spec = render_run_spec(params, settings, settings.max_steps or 1, root / "data", preload)
     prepare_checkpoint_dir(spec.checkpoint_dir, render_fingerprint(spec, read_input_hashes(spec)))
     write_run_spec(spec)
     command = render_launch_command(params, spec.checkpoint_dir / RUN_FILE, free_port())
-    env = render_launch_env(os.environ, params, cuda=False, cores=os.cpu_count() or 1)
+    env = render_launch_env(os.environ, params, cuda=False, cores=os.cpu_count() or 1) | faults
     lines: list[str] = []
 
     def log(line: str) -> None:
