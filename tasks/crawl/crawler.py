@@ -8,10 +8,15 @@ Manifest semantics: `http_status`, `sha256` and `fetched_at` describe the stored
 previous stored version and follows its links; 404/410 on a known page, or a page no longer
 reached, makes it REMOVED. robots.txt 4xx allows all; 5xx or unreachable after retries stops
 the crawl with CrawlError before anything is written (RFC 9309: assume full disallow).
+
+Every URL seen but not fetched or not stored (out of scope, excluded, a trap, over max_pages,
+not HTML, blocked ...) is counted by reason in the report and listed, with the page that
+linked it, in exclusions.jsonl beside the manifest; so are sitemaps read in part or not at all.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -31,19 +36,23 @@ from tqdm import tqdm
 from tasks.core.encoding import detect_encoding, parse_header_charset
 from tasks.core.io import read_jsonl, write_if_changed
 from tasks.core.params import CrawlParams
-from tasks.core.records import ManifestEntry, PageStatus, content_sha, url_id
+from tasks.core.records import Exclusion, ManifestEntry, PageStatus, content_sha, url_id
 from tasks.crawl.fetch import Fetched, Fetcher, RetryPolicy
 from tasks.crawl.links import extract_links
-from tasks.crawl.robots import ALLOW_ALL, Robots, parse_robots, parse_sitemap
+from tasks.crawl.robots import ALLOW_ALL, Robots, decode_robots, parse_robots, parse_sitemap
 from tasks.crawl.urls import (
     compile_excludes,
     extract_skip_reason,
     normalize_link,
     normalize_scope,
     normalize_url,
+    parse_url_pattern,
 )
 
+log = logging.getLogger(__name__)
+
 MANIFEST = "manifest.jsonl"
+EXCLUSIONS = "exclusions.jsonl"
 PAGES = "pages"
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 GONE = frozenset({404, 410})
@@ -59,11 +68,69 @@ class CrawlError(RuntimeError):
     """The crawl cannot start or its start URLs cannot be fetched; nothing was written."""
 
 
+def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The Prefect run logger inside a flow or task run (so lines show in the UI), else ours."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return log
+
+
 @dataclass(frozen=True)
 class Task:
     url: str
     order: int
     depth: int
+    found: str | None = None  # "linked from <page>" or "listed in <sitemap>"; None: a start URL
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A URL seen but not fetched or not stored: a line of exclusions.jsonl."""
+
+    order: int  # the file is sorted by it: discovery order, whatever the thread timing
+    url: str
+    reason: str
+    detail: str | None = None
+
+    def to_exclusion(self) -> Exclusion:
+        return Exclusion(id=url_id(self.url), url=self.url, reason=self.reason, detail=self.detail)
+
+
+@dataclass
+class SitemapStats:
+    """What became of each sitemap; the report's `sitemaps`."""
+
+    read: int = 0
+    capped: int = 0  # read up to crawl.max_sitemap_bytes; the URLs after that were not used
+    missing: int = 0  # 404 or 410: most sites have no sitemap at the guessed place
+    failed: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+    skips: list[Skip] = field(default_factory=list)
+
+    def add_problem(self, counter: Counter[str], url: str, reason: str, detail: str) -> None:
+        counter[reason] += 1
+        self.skips.append(Skip(-1, url, f"sitemap_{reason}", detail))
+
+    def to_report(self) -> dict[str, Any]:
+        return {
+            "read": self.read,
+            "capped": self.capped,
+            "missing": self.missing,
+            "failed_by_reason": dict(sorted(self.failed.items())),
+            "skipped_by_reason": dict(sorted(self.skipped.items())),
+        }
+
+
+@dataclass(frozen=True)
+class CrawlDelay:
+    """The largest Crawl-delay robots.txt asked for, and the one used (at most the cap)."""
+
+    asked: float | None = None
+    used: float | None = None
 
 
 @dataclass
@@ -98,6 +165,9 @@ class Context:
     excludes: list[re.Pattern[str]]
     robots: dict[str, Robots]
     old: dict[str, ManifestEntry]
+    robots_truncated: list[str] = field(default_factory=list)
+    crawl_delay: CrawlDelay = field(default_factory=CrawlDelay)
+    sitemaps: SitemapStats = field(default_factory=SitemapStats)
     writer: ThreadPoolExecutor | None = None
     writes: list[Future[None]] = field(default_factory=list)
     # Page files on disk or being written. Checked in memory rather than with a stat per page:
@@ -133,23 +203,26 @@ def page_file(sha: str) -> str:
 # --- robots.txt and sitemaps -------------------------------------------------------------
 
 
-def fetch_following(ctx: Context, url: str) -> Fetched:
-    """GET a robots.txt or sitemap, following up to five redirects (RFC 9309 asks for five)."""
-    result = ctx.fetcher.fetch(url)
+def fetch_following(ctx: Context, url: str, max_bytes: int) -> Fetched:
+    """GET a robots.txt or sitemap, following up to five redirects (RFC 9309 asks for five);
+    a body over max_bytes is cut there and flagged `truncated`, not dropped."""
+    result = ctx.fetcher.fetch(url, max_bytes=max_bytes, keep_partial=True)
     for _ in range(5):
         location = result.headers.get("Location")
         target = normalize_url(location, base=url) if location else None
         if result.status not in REDIRECTS or not target:
             break
         url = target
-        result = ctx.fetcher.fetch(url)
+        result = ctx.fetcher.fetch(url, max_bytes=max_bytes, keep_partial=True)
     return result
 
 
 def fetch_robots(ctx: Context, origin: str, start_url: str) -> Robots:
     """4xx = allow all; 5xx or unreachable after retries = disallow all, so we stop."""
     robots_url = f"{origin}/robots.txt"
-    result = fetch_following(ctx, robots_url)
+    # Its own cap, not the page cap: RFC 9309 asks to parse at least 500 KiB, and a robots.txt
+    # over the page cap used to read as an unreachable site.
+    result = fetch_following(ctx, robots_url, ctx.params.max_robots_bytes)
     tried = f"GET {robots_url}, {result.attempts} attempt(s)"
     if result.error:
         raise CrawlError(
@@ -162,25 +235,66 @@ def fetch_robots(ctx: Context, origin: str, start_url: str) -> Robots:
         )
     if result.status != 200:
         return Robots()
-    return parse_robots(result.body.decode("utf-8", "replace"), ctx.params.user_agent)
+    if result.truncated:
+        ctx.robots_truncated.append(robots_url)
+        run_logger().warning(
+            "%s is longer than crawl.max_robots_bytes (%d): the rules up to there are obeyed "
+            "and the rest is ignored, as RFC 9309 allows",
+            robots_url,
+            ctx.params.max_robots_bytes,
+        )
+    text = decode_robots(result.body, result.truncated)
+    return parse_robots(text, ctx.params.user_agent)
 
 
-def fetch_sitemap_urls(ctx: Context, roots: Iterable[str]) -> list[str]:
-    """Page URLs from sitemaps and sitemap indexes, in file order, at most MAX_SITEMAPS files."""
-    queue, pages = list(roots), []
+def fetch_sitemap_urls(ctx: Context, roots: Iterable[str]) -> list[tuple[str, str]]:
+    """(page URL, the sitemap listing it) from sitemaps and sitemap indexes, in file order, at
+    most MAX_SITEMAPS files; what became of each sitemap goes to ctx.sitemaps."""
+    queue = list(roots)
+    pages: list[tuple[str, str]] = []
     seen: set[str] = set()
     hosts = {parse_origin(s) for s in ctx.scope}
-    while queue and len(seen) < MAX_SITEMAPS:
+    stats, fetched = ctx.sitemaps, 0
+    while queue:
         url = queue.pop(0)
-        if url in seen or parse_origin(url) not in hosts:
+        if url in seen:
             continue
         seen.add(url)
-        result = fetch_following(ctx, url)
-        if result.status == 200 and not result.error:
-            found, nested = parse_sitemap(result.body)
-            pages.extend(found)
+        if parse_origin(url) not in hosts:
+            stats.add_problem(stats.skipped, url, "out_of_scope", "on a host outside crawl.scope")
+        elif fetched >= MAX_SITEMAPS:
+            stats.add_problem(stats.skipped, url, "over_limit", f"{MAX_SITEMAPS} were fetched")
+        else:
+            fetched += 1
+            found, nested = fetch_sitemap(ctx, url)
+            pages.extend((page, url) for page in found)
             queue.extend(n for n in (normalize_url(u) for u in nested) if n)
     return pages
+
+
+def fetch_sitemap(ctx: Context, url: str) -> tuple[list[str], list[str]]:
+    """(page URLs, nested sitemap URLs) of one sitemap, kept up to crawl.max_sitemap_bytes."""
+    cap, stats = ctx.params.max_sitemap_bytes, ctx.sitemaps
+    result = fetch_following(ctx, url, cap)
+    if result.status in GONE:
+        stats.missing += 1
+        return [], []
+    if result.error or result.status != 200:
+        reason = result.error or f"http_{result.status}"
+        stats.add_problem(stats.failed, url, reason, result.detail or reason)
+        return [], []
+    found = parse_sitemap(result.body, cap)
+    # A body cut at the cap ends in the middle of the XML: that is the cap, not broken XML.
+    if found.problem in ("invalid_xml", "invalid_gzip") and not result.truncated:
+        stats.add_problem(stats.failed, url, found.problem, "the URLs before the error are used")
+        return found.pages, found.nested
+    stats.read += 1
+    if result.truncated or found.problem == "capped":
+        stats.capped += 1
+        detail = f"only its first {cap} bytes of XML were read (crawl.max_sitemap_bytes)"
+        stats.skips.append(Skip(-1, url, "sitemap_capped", detail))
+        run_logger().warning("sitemap %s: %s; the URLs listed after them are not used", url, detail)
+    return found.pages, found.nested
 
 
 def read_sitemap_roots(ctx: Context) -> list[str]:
@@ -338,36 +452,80 @@ class Frontier:
     seen: set[str] = field(default_factory=set)
     entries: dict[str, ManifestEntry] = field(default_factory=dict)
     skipped: Counter[str] = field(default_factory=Counter)
+    skips: list[Skip] = field(default_factory=list)  # the skipped and blocked URLs, listed
+    # Per URL pattern: new URLs found on pages of the same pattern, and those skipped for it.
+    pattern_growth: Counter[str] = field(default_factory=Counter)
+    trap_patterns: Counter[str] = field(default_factory=Counter)
     admitted: int = 0
     next_order: int = 0
 
-    def admit(self, url: str, depth: int) -> Task | None:
+    def admit(
+        self, url: str, depth: int, linked_from: str | None = None, listed_in: str | None = None
+    ) -> Task | None:
         """Give a newly seen URL its order; a Task when it is to be fetched."""
         if url in self.seen or url in self.entries:
             return None
         self.seen.add(url)
+        refusal = self.choose_refusal(url, depth, linked_from)
+        order = self.next_order
+        self.next_order += 1
+        found = f"linked from {linked_from}" if linked_from else None
+        found = f"listed in {listed_in}" if listed_in else found
+        if refusal == "blocked":
+            self.add_entry(url, PageStatus.BLOCKED, order, depth, found, reason="robots_txt")
+            return None
+        if refusal:
+            self.skipped[refusal] += 1
+            self.skips.append(Skip(order, url, refusal, found))
+            return None
+        self.admitted += 1
+        return Task(url, order, depth, found)
+
+    def choose_refusal(self, url: str, depth: int, linked_from: str | None) -> str | None:
+        """Why a new URL is not fetched, or None; max_pages last, so it counts only URLs that
+        would have been fetched."""
         refusal = self.ctx.refusal(url)
         max_depth = self.ctx.params.max_depth
         if refusal is None and max_depth is not None and depth > max_depth:
             refusal = "max_depth"
+        if refusal is None and linked_from is not None:
+            refusal = self.check_pattern(url, linked_from)
         if refusal is None and self.admitted >= self.ctx.params.max_pages:
             refusal = "max_pages"
-        order = self.next_order
-        self.next_order += 1
-        if refusal == "blocked":
-            self.add_entry(url, PageStatus.BLOCKED, order, depth, reason="robots_txt")
-            return None
-        if refusal:
-            self.skipped[refusal] += 1
-            return None
-        self.admitted += 1
-        return Task(url, order, depth)
+        return refusal
 
-    def add_entry(self, url: str, status: PageStatus, order: int, depth: int, **kw: Any) -> None:
+    def check_pattern(self, url: str, linked_from: str) -> str | None:
+        """trap_pattern once a pattern has found more than its budget of new URLs on its own
+        pages. A calendar's next-day link does that on every page, for ever; release notes
+        linked from an index are many URLs of one pattern, but none is new on its neighbours."""
+        budget = self.ctx.params.max_urls_per_pattern
+        if budget is None:
+            return None
+        pattern = parse_url_pattern(url)
+        if pattern is None or pattern != parse_url_pattern(linked_from):
+            return None
+        self.pattern_growth[pattern] += 1
+        if self.pattern_growth[pattern] <= budget:
+            return None
+        self.trap_patterns[pattern] += 1
+        return "trap_pattern"
+
+    def add_entry(
+        self,
+        url: str,
+        status: PageStatus,
+        order: int,
+        depth: int,
+        found: str | None = None,
+        **kw: Any,
+    ) -> None:
         self.seen.add(url)
-        self.entries[url] = ManifestEntry(
+        entry = ManifestEntry(
             id=url_id(url), url=url, status=status, order=order, depth=depth, **kw
         )
+        self.entries[url] = entry
+        if status in (PageStatus.SKIPPED, PageStatus.BLOCKED):
+            self.skips.append(Skip(order, url, entry.reason or "unknown", found))
 
 
 def choose_identity(frontier: Frontier, out: Outcome) -> str | None:
@@ -397,6 +555,7 @@ def record_outcome(frontier: Frontier, out: Outcome) -> None:
                 PageStatus.SKIPPED,
                 task.order,
                 task.depth,
+                task.found,
                 reason="redirect_to_known_url",
                 http_status=out.http_status,
             )
@@ -416,7 +575,7 @@ def record_outcome(frontier: Frontier, out: Outcome) -> None:
     if out.sha:
         fields["file"] = page_file(out.sha)
         fields["fetched_at"] = choose_fetched_at(frontier.ctx.old.get(url), out.sha)
-    frontier.add_entry(url, out.status, task.order, task.depth, **fields)
+    frontier.add_entry(url, out.status, task.order, task.depth, task.found, **fields)
 
 
 def choose_fetched_at(old: ManifestEntry | None, sha: str) -> str:
@@ -443,7 +602,7 @@ def crawl_level(
         outcomes.append(finish_outcome(out))
         record_outcome(frontier, out)
         for link in out.links:
-            if task := frontier.admit(link, out.task.depth + 1):
+            if task := frontier.admit(link, out.task.depth + 1, linked_from=out.final_url):
                 next_level.append(task)
     return outcomes, next_level
 
@@ -519,6 +678,14 @@ def write_manifest(raw_dir: Path, entries: list[ManifestEntry]) -> None:
     write_if_changed(raw_dir / MANIFEST, "".join(lines).encode("utf-8"))
 
 
+def write_exclusions(raw_dir: Path, skips: list[Skip]) -> None:
+    """This crawl's skipped URLs in discovery order (sitemaps first), rewritten only when they
+    changed, so an unchanged re-crawl leaves data/raw byte-identical."""
+    ordered = sorted(skips, key=lambda s: s.order)  # stable: sitemaps keep their reading order
+    lines = [s.to_exclusion().model_dump_json() + "\n" for s in ordered]
+    write_if_changed(raw_dir / EXCLUSIONS, "".join(lines).encode("utf-8"))
+
+
 def delete_unreferenced(raw_dir: Path, entries: list[ManifestEntry]) -> int:
     """Remove page files no entry uses, and temp files a killed crawl left behind."""
     keep = {raw_dir / e.file for e in entries if e.file}
@@ -537,6 +704,7 @@ def build_context(params: CrawlParams, raw_dir: Path, auth_header: str | None) -
     fetcher = Fetcher(
         user_agent=params.user_agent,
         timeout_s=params.timeout_s,
+        deadline_s=params.request_deadline_s,
         max_bytes=params.max_page_bytes,
         policy=RetryPolicy(params.retries, params.backoff_s, params.backoff_max_s),
         rate=params.requests_per_second,
@@ -555,27 +723,106 @@ def build_context(params: CrawlParams, raw_dir: Path, auth_header: str | None) -
 
 def prepare_robots(ctx: Context, start_urls: list[str]) -> float | None:
     """Fetch robots.txt per origin; returns the effective request rate (the stricter one)."""
-    rate = ctx.params.requests_per_second
     if not ctx.params.respect_robots:
-        return rate
+        return ctx.params.requests_per_second
     for url in start_urls + ctx.scope:
         origin = parse_origin(url)
         if origin not in ctx.robots:
             ctx.robots[origin] = fetch_robots(ctx, origin, url)
-    delays = [r.crawl_delay for r in ctx.robots.values() if r.crawl_delay]
-    if delays:
-        robots_rate = 1.0 / max(delays)
-        rate = robots_rate if rate is None else min(rate, robots_rate)
-    return rate
+    ctx.crawl_delay = choose_crawl_delay(ctx.robots.values(), ctx.params.max_crawl_delay_s)
+    if ctx.crawl_delay.asked != ctx.crawl_delay.used:
+        run_logger().warning(
+            "robots.txt asks for Crawl-delay: %g s; waiting crawl.max_crawl_delay_s = %g s "
+            "between requests instead (raise crawl.max_crawl_delay_s to obey the site)",
+            ctx.crawl_delay.asked,
+            ctx.crawl_delay.used,
+        )
+    return choose_rate(ctx.params.requests_per_second, ctx.crawl_delay)
+
+
+def choose_crawl_delay(robots: Iterable[Robots], cap: float) -> CrawlDelay:
+    """The longest Crawl-delay asked for and the one used: an hours-long delay (seen in the
+    wild: 100000 s) would keep a crawl of a few hundred pages going for years."""
+    asked = max((r.crawl_delay for r in robots if r.crawl_delay), default=None)
+    return CrawlDelay(asked, None if asked is None else min(asked, cap))
+
+
+def choose_rate(requests_per_second: float | None, delay: CrawlDelay) -> float | None:
+    if delay.used is None:
+        return requests_per_second
+    robots_rate = 1.0 / delay.used
+    return robots_rate if requests_per_second is None else min(requests_per_second, robots_rate)
+
+
+def check_time_budget(params: CrawlParams, rate: float | None, delay: CrawlDelay) -> None:
+    """Stop before fetching pages when even a site of crawl.max_pages pages could not be
+    crawled within crawl.max_duration_s at this rate (requests start 1/rate apart)."""
+    budget = params.max_duration_s
+    if budget is None or rate is None or (params.max_pages - 1) / rate <= budget:
+        return
+    if delay.used is not None and 1.0 / delay.used == rate:
+        why = f"robots.txt asks for Crawl-delay: {delay.asked:g} s"
+        why += f", at most crawl.max_crawl_delay_s = {params.max_crawl_delay_s:g} s is used"
+    else:
+        why = f"crawl.requests_per_second = {params.requests_per_second:g}"
+    fits = int(budget * rate) + 1
+    raise CrawlError(
+        f"the rate limit is {rate:g} requests/s ({why}), so crawl.max_pages = "
+        f"{params.max_pages} pages take at least {(params.max_pages - 1) / rate:.0f} s, more "
+        f"than crawl.max_duration_s = {budget:g} s; no page was fetched. Lower crawl.max_pages "
+        f"to {fits} (all that fits), or raise crawl.max_duration_s (null: no budget)"
+    )
+
+
+def describe_start(out: Outcome) -> str:
+    """What happened to a start URL, in the words a user needs to fix it."""
+    parts = [f"{out.task.url}: {out.status.value}" + (f" ({out.reason})" if out.reason else "")]
+    if out.http_status:
+        parts.append(f"HTTP {out.http_status}")
+    if out.final_url != out.task.url:
+        parts.append(f"reached {out.final_url}")
+    if out.detail:
+        parts.append(
+            ("redirected to " if out.reason and "redirect" in out.reason else "") + out.detail
+        )
+    if out.content_type:
+        parts.append(f"Content-Type {out.content_type}")
+    return ", ".join(parts)
 
 
 def check_start_urls(outcomes: list[Outcome]) -> None:
+    """Stop before anything is written when the start URLs yield no page: an empty crawl would
+    mark every known page removed, and every later stage would delete its work."""
     for out in outcomes:
         if out.status in (PageStatus.FAILED, PageStatus.REMOVED) and out.kept is None:
             raise CrawlError(
                 f"start URL {out.task.url} could not be fetched: GET {out.final_url} "
                 f"gave {out.reason} ({out.detail or 'no detail'})"
             )
+    if not any(out.sha is not None for out in outcomes):
+        raise CrawlError(
+            "no start URL yielded a page, so nothing was changed: "
+            + "; ".join(describe_start(out) for out in outcomes)
+            + ". Point crawl.start_urls at HTML pages inside crawl.scope (for a redirect, the "
+            "URL it leads to)"
+        )
+
+
+def check_removals(
+    new: dict[str, ManifestEntry], old: dict[str, ManifestEntry], max_fraction: float
+) -> None:
+    """Refuse a crawl that would remove more than `max_fraction` of the known pages: a site
+    that moved, an outage page or a changed scope looks like that, and deleting is final."""
+    known = [url for url, e in old.items() if e.status in STORED]
+    kept = {url for url, e in new.items() if e.status in STORED}
+    gone = [url for url in known if url not in kept]
+    if known and len(gone) / len(known) > max_fraction:
+        raise CrawlError(
+            f"this crawl would remove {len(gone)} of the {len(known)} known pages (e.g. "
+            f"{', '.join(gone[:3])}), more than crawl.max_removed_fraction ({max_fraction}); "
+            "nothing was changed. If the site really lost them, rerun with "
+            "`python -m flows.crawl --force` (or raise crawl.max_removed_fraction)"
+        )
 
 
 def summarize(
@@ -594,6 +841,7 @@ def summarize(
         e.reason or "unknown" for e in current if e.status == PageStatus.SKIPPED
     )
     pages = sum(e.status == PageStatus.OK for e in entries)
+    ctx = frontier.ctx
     return {
         "pages": pages,
         "fetched": sum(o.fetched for o in outcomes),
@@ -607,6 +855,10 @@ def summarize(
         "failed_by_reason": dict(sorted(failed.items())),
         "skipped_by_reason": dict(sorted(skipped.items())),
         "blocked_by_robots": sum(e.status == PageStatus.BLOCKED for e in current),
+        "trap_patterns": dict(sorted(frontier.trap_patterns.items())),
+        "crawl_delay_s": {"asked": ctx.crawl_delay.asked, "used": ctx.crawl_delay.used},
+        "robots_truncated": len(ctx.robots_truncated),
+        "sitemaps": ctx.sitemaps.to_report(),
         "bytes_downloaded": fetcher.bytes_downloaded,
         "wall_s": round(wall_s, 3),
         "pages_per_s": round(len(outcomes) / wall_s, 2) if wall_s > 0 else 0.0,
@@ -614,7 +866,10 @@ def summarize(
 
 
 def crawl_all(
-    frontier: Frontier, start: list[Task], sitemap: list[str], tick: Callable[[], None]
+    frontier: Frontier,
+    start: list[Task],
+    sitemap: list[tuple[str, str]],
+    tick: Callable[[], None],
 ) -> list[Outcome]:
     """Links first (breadth-first from the start URLs), then sitemap URLs not yet seen."""
     ctx = frontier.ctx
@@ -623,8 +878,8 @@ def crawl_all(
         ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="crawl-write") as ctx.writer,
     ):
         outcomes = crawl_bfs(frontier, pool, start, tick, check_start_urls)
-        seeds = (normalize_url(u) for u in sitemap)
-        level = [t for t in (frontier.admit(u, 0) for u in seeds if u) if t]
+        seeds = ((normalize_url(url), listed_in) for url, listed_in in sitemap)
+        level = [t for t in (frontier.admit(u, 0, listed_in=s) for u, s in seeds if u) if t]
         outcomes += crawl_bfs(frontier, pool, level, tick)
         for write in ctx.writes:
             write.result()  # a failed write (disk full) fails the crawl here
@@ -637,6 +892,7 @@ def crawl_site(
     *,
     auth_header: str | None = None,
     show_progress: bool = True,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Crawl, write raw_dir/pages/* and raw_dir/manifest.jsonl atomically, return the report."""
     started = time.monotonic()
@@ -650,7 +906,9 @@ def crawl_site(
             bar.update(1)
 
     try:
-        ctx.fetcher.set_rate(prepare_robots(ctx, start_urls))
+        rate = prepare_robots(ctx, start_urls)
+        check_time_budget(params, rate, ctx.crawl_delay)
+        ctx.fetcher.set_rate(rate)
         (raw_dir / PAGES).mkdir(parents=True, exist_ok=True)
         ctx.page_files = list_page_files(raw_dir)
         sitemap = fetch_sitemap_urls(ctx, read_sitemap_roots(ctx)) if params.use_sitemap else []
@@ -666,8 +924,23 @@ def crawl_site(
     finally:
         bar.close()
         ctx.fetcher.close()
+    if not force:
+        check_removals(frontier.entries, ctx.old, params.max_removed_fraction)
     entries = reconcile(frontier.entries, ctx.old)
     os.sync()  # the pages, before the manifest that names them
+    write_exclusions(raw_dir, ctx.sitemaps.skips + frontier.skips)
     write_manifest(raw_dir, entries)
     delete_unreferenced(raw_dir, entries)
+    warn_about_traps(frontier.trap_patterns, params.max_urls_per_pattern)
     return summarize(entries, ctx.old, outcomes, frontier, ctx.fetcher, time.monotonic() - started)
+
+
+def warn_about_traps(trap_patterns: Counter[str], budget: int | None) -> None:
+    if trap_patterns:
+        run_logger().warning(
+            "skipped %d URL(s) of patterns that kept making new URLs on their own pages "
+            "(crawl.max_urls_per_pattern = %s; raise it, or null, if they are real pages): %s",
+            sum(trap_patterns.values()),
+            budget,
+            ", ".join(f"{pattern} ({n})" for pattern, n in sorted(trap_patterns.items())),
+        )

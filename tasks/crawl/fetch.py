@@ -1,4 +1,5 @@
-"""HTTP for the crawler: a shared rate limit, one GET with a size cap, retries with backoff."""
+"""HTTP for the crawler: a shared rate limit, one GET with a size cap and a deadline, retries
+with backoff."""
 
 from __future__ import annotations
 
@@ -73,9 +74,10 @@ class Fetched:
     status: int | None = None
     headers: Mapping[str, str] = field(default_factory=urllib3.HTTPHeaderDict)
     body: bytes = b""
-    error: str | None = None  # a reason key: timeout, connection_error, too_large, not_html ...
+    error: str | None = None  # a reason key: timeout, deadline, too_large, not_html ...
     detail: str = ""
     attempts: int = 1
+    truncated: bool = False  # a partial read (`fetch(keep_partial=True)`): body is the first bytes
 
     @property
     def content_type(self) -> str | None:
@@ -99,6 +101,7 @@ class Fetcher:
         *,
         user_agent: str,
         timeout_s: float,
+        deadline_s: float,
         max_bytes: int,
         policy: RetryPolicy,
         rate: float | None,
@@ -109,6 +112,8 @@ class Fetcher:
             self.headers["Authorization"] = auth_header
         # requests uses one timeout for connecting and for each read; so do we.
         self.timeout = urllib3.Timeout(connect=timeout_s, read=timeout_s)
+        self.timeout_s = timeout_s
+        self.deadline_s = deadline_s
         self.max_bytes = max_bytes
         self.policy = policy
         self.limiter = RateLimiter(rate)
@@ -150,20 +155,31 @@ class Fetcher:
             self._managers.clear()
 
     def fetch(
-        self, url: str, headers: dict[str, str] | None = None, html_only: bool = False
+        self,
+        url: str,
+        headers: dict[str, str] | None = None,
+        html_only: bool = False,
+        *,
+        max_bytes: int | None = None,
+        keep_partial: bool = False,
     ) -> Fetched:
-        """GET with retries on timeouts, connection errors, 429 and 5xx; never follows redirects."""
+        """GET with retries on timeouts, deadlines, connection errors, 429 and 5xx; never follows
+        redirects. A body over `max_bytes` (default: the page cap) is too_large, or with
+        `keep_partial` cut at the cap and flagged `truncated`."""
+        read = Read(max_bytes or self.max_bytes, keep_partial, html_only)
         result = Fetched(url)
         for attempt in range(self.policy.retries + 1):
             self.limiter.wait()
-            result = self.fetch_once(url, headers or {}, html_only)
+            result = self.fetch_once(url, headers or {}, read)
             result.attempts = attempt + 1
             if not is_retryable(result) or attempt == self.policy.retries:
                 break
             time.sleep(compute_backoff(attempt, self.policy, result.headers.get("Retry-After")))
         return result
 
-    def fetch_once(self, url: str, headers: dict[str, str], html_only: bool) -> Fetched:
+    def fetch_once(self, url: str, headers: dict[str, str], read: Read) -> Fetched:
+        # Measured from here, not from the rate limiter's slot: waiting our turn is not slowness.
+        deadline = time.monotonic() + self.deadline_s
         try:
             response = self.manager_for(url).urlopen(
                 "GET",
@@ -175,38 +191,64 @@ class Fetcher:
                 preload_content=False,
             )
             try:
-                return self.read_response(url, response, html_only)
+                return self.read_response(url, response, read, deadline)
             finally:
                 release(response)
         except (HTTPError, OSError, ValueError) as exc:
+            if time.monotonic() >= deadline:
+                return Fetched(url, error="deadline", detail=self.describe_deadline(exc))
             return Fetched(url, error=classify_error(exc), detail=str(exc))
 
+    def describe_deadline(self, exc: Exception) -> str:
+        return (
+            f"no complete response within crawl.request_deadline_s ({self.deadline_s} s), "
+            f"though each read came within crawl.timeout_s ({self.timeout_s} s): {exc}"
+        )
+
     def read_response(
-        self, url: str, response: urllib3.BaseHTTPResponse, html_only: bool
+        self, url: str, response: urllib3.BaseHTTPResponse, read: Read, deadline: float
     ) -> Fetched:
         result = Fetched(url, status=response.status, headers=response.headers)
+        if time.monotonic() >= deadline:
+            # The headers came too slowly; they are only checked once they are all in.
+            raise DeadlineExceeded("the response headers arrived after the deadline")
         if response.status != 200:
             # Drain small bodies (redirects, 304, errors) so the connection is reused.
-            read_capped(response, CHUNK_BYTES)
+            read_capped(response, CHUNK_BYTES, deadline, self.timeout_s)
             return result
-        if html_only and not is_html_type(result.content_type):
+        if read.html_only and not is_html_type(result.content_type):
             result.error, result.detail = "not_html", str(result.content_type)
             return result
         declared = parse_content_length(response.headers)
-        if declared is not None and declared > self.max_bytes:
+        if declared is not None and declared > read.max_bytes and not read.keep_partial:
             result.error, result.detail = "too_large", f"Content-Length {declared}"
             return result
-        body, complete = read_capped(response, self.max_bytes)
+        body, complete = read_capped(response, read.max_bytes, deadline, self.timeout_s)
         self.count_bytes(len(body))
-        if not complete:
-            result.error, result.detail = "too_large", f"more than {self.max_bytes} bytes"
-            return result
-        result.body = body
+        if complete:
+            result.body = body
+        elif read.keep_partial:
+            result.body, result.truncated = body[: read.max_bytes], True
+        else:
+            result.error, result.detail = "too_large", f"more than {read.max_bytes} bytes"
         return result
 
     def count_bytes(self, n: int) -> None:
         with self._lock:
             self.bytes_downloaded += n
+
+
+@dataclass(frozen=True)
+class Read:
+    """How much of a body to read, and what to do with more."""
+
+    max_bytes: int
+    keep_partial: bool = False
+    html_only: bool = False
+
+
+class DeadlineExceeded(HTTPError):
+    """The request ran past crawl.request_deadline_s (raised between reads)."""
 
 
 def build_manager(proxy: str | None) -> urllib3.PoolManager:
@@ -249,16 +291,38 @@ def classify_error(exc: Exception) -> str:
     return "request_error"
 
 
-def read_capped(response: urllib3.BaseHTTPResponse, max_bytes: int) -> tuple[bytes, bool]:
-    """The body, stopping once it passes max_bytes; (bytes, whether it was read completely)."""
+def read_capped(
+    response: urllib3.BaseHTTPResponse, max_bytes: int, deadline: float, timeout_s: float
+) -> tuple[bytes, bool]:
+    """The body, stopping once it passes max_bytes; (bytes, whether it was read completely).
+
+    read1 returns whatever one read of the socket brings, where read() and stream() wait for a
+    whole chunk: a server dripping a byte at a time would hold them until the body ends, and
+    the deadline could only be checked after that. Gzip bodies are inflated a chunk at a time
+    (urllib3 >= 2.6 caps what one read may inflate), so a small bomb stays small in memory."""
     chunks: list[bytes] = []
     size = 0
-    for chunk in response.stream(CHUNK_BYTES, decode_content=True):
+    while True:
+        wait_for_read(response, deadline, timeout_s)
+        chunk = response.read1(CHUNK_BYTES, decode_content=True)
+        if not chunk:
+            return b"".join(chunks), True
         chunks.append(chunk)
         size += len(chunk)
         if size > max_bytes:
             return b"".join(chunks), False
-    return b"".join(chunks), True
+
+
+def wait_for_read(response: urllib3.BaseHTTPResponse, deadline: float, timeout_s: float) -> None:
+    """Shorten the next read's wait to what is left before the deadline. Only near the deadline:
+    the socket already waits timeout_s per read, so most reads cost no system call here."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise DeadlineExceeded(f"the deadline passed during the body ({left:.3f} s left)")
+    if left < timeout_s:
+        sock = getattr(response.connection, "sock", None)
+        if sock is not None:
+            sock.settimeout(left)  # urllib3 resets it before the connection's next request
 
 
 def parse_content_length(headers: Mapping[str, str]) -> int | None:
@@ -276,7 +340,7 @@ def is_html_type(content_type: str | None) -> bool:
 
 
 def is_retryable(result: Fetched) -> bool:
-    if result.error in ("timeout", "connection_error"):
+    if result.error in ("timeout", "deadline", "connection_error"):
         return True
     return result.status in RETRY_STATUSES
 

@@ -21,6 +21,26 @@ _ASSET_EXTENSIONS = """
 NON_HTML_EXTENSIONS = frozenset(_ASSET_EXTENSIONS.split())
 
 
+UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+PERCENT_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
+
+
+def normalize_escapes(path: str) -> str:
+    """RFC 3986 section 6.2.2: percent-escapes of unreserved characters decoded, the rest in
+    upper case. Done before dot segments are removed, so that `%2e%2e/` is the `../` that
+    servers and HTTP libraries take it for, and scope and robots see the path actually sent."""
+
+    def fix(match: re.Match[str]) -> str:
+        char = chr(int(match.group(1), 16))
+        return char if char in UNRESERVED else match.group(0).upper()
+
+    path = PERCENT_ESCAPE.sub(fix, path) if "%" in path else path
+    # Spaces and control characters go on the wire percent-encoded; encoding them here also
+    # keeps normalisation idempotent (a trailing one would be stripped as whitespace).
+    return CONTROL_OR_SPACE.sub(lambda m: f"%{ord(m.group(0)):02X}", path)
+
+
 def remove_dot_segments(path: str) -> str:
     """RFC 3986 section 5.2.4, keeping a trailing slash since /a/ and /a are different pages."""
     if not path:
@@ -89,7 +109,7 @@ def normalize_url(url: str, base: str | None = None) -> str | None:
     netloc = normalize_host(scheme, parts.netloc)
     if not netloc:
         return None
-    path = remove_dot_segments(parts.path)
+    path = remove_dot_segments(normalize_escapes(parts.path))
     return urlunsplit((scheme, netloc, path, normalize_query(parts.query), ""))
 
 
@@ -122,6 +142,20 @@ def extract_trap_reason(url: str, params: CrawlParams) -> str | None:
     if segments and Counter(segments).most_common(1)[0][1] > params.max_segment_repeats:
         return "trap_repeated_segment"
     return None
+
+
+DIGITS = re.compile(r"\d+")
+QUERY_VALUE = re.compile(r"=[^&]*")
+
+
+def parse_url_pattern(url: str) -> str | None:
+    """The URL with its query values and the digits of its path abstracted (`/cal?d=*`,
+    `/list/{n}/`), or None when it has neither and so is a pattern of one."""
+    parts = urlsplit(url)
+    if not parts.query and not DIGITS.search(parts.path):
+        return None
+    path = DIGITS.sub("{n}", parts.path)
+    return urlunsplit((parts.scheme, parts.netloc, path, QUERY_VALUE.sub("=*", parts.query), ""))
 
 
 def compile_excludes(patterns: list[str]) -> list[re.Pattern[str]]:

@@ -5,26 +5,32 @@ from __future__ import annotations
 import base64
 import gzip
 import itertools
+import json
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+import tracemalloc
+from collections import Counter
+from datetime import UTC, date, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
 from tasks.core.encoding import detect_encoding, parse_header_charset
 from tasks.core.params import CrawlParams
 from tasks.core.records import ManifestEntry, PageStatus, content_sha
-from tasks.crawl.crawler import CrawlError, crawl_site
+from tasks.crawl.crawler import CrawlError, crawl_site, run_logger
 from tasks.crawl.fetch import RetryPolicy, compute_backoff, parse_retry_after
 from tasks.crawl.links import extract_links
-from tasks.crawl.robots import parse_robots, parse_sitemap
+from tasks.crawl.robots import decode_robots, parse_robots, parse_sitemap
+from tasks.crawl.urls import remove_dot_segments
 from tests.support.docsite import DocSite, render_page
 
 UA = "docs2model-crawler/0.1"
@@ -92,17 +98,17 @@ def test_robots_longest_match_wins_and_allow_wins_ties() -> None:
 
 def test_sitemap_parsing_urlset_and_index() -> None:
     ns = 'xmlns="http://www.sitemaps.org/schemas/sitemap/0.9"'
-    pages, nested = parse_sitemap(
+    pages, nested, _ = parse_sitemap(
         f"<urlset {ns}><url><loc> http://d.test/a </loc></url><url><loc>http://d.test/b</loc>"
         "</url></urlset>".encode()
     )
     assert (pages, nested) == (["http://d.test/a", "http://d.test/b"], [])
-    pages, nested = parse_sitemap(
+    pages, nested, _ = parse_sitemap(
         f"<sitemapindex {ns}><sitemap><loc>http://d.test/s2.xml</loc></sitemap>"
         "</sitemapindex>".encode()
     )
     assert (pages, nested) == ([], ["http://d.test/s2.xml"])
-    assert parse_sitemap(b"not xml") == ([], [])
+    assert parse_sitemap(b"not xml") == ([], [], "invalid_xml")
 
 
 def test_encoding_is_read_from_the_bytes() -> None:
@@ -115,6 +121,14 @@ def test_encoding_is_read_from_the_bytes() -> None:
         "iso8859-1"
     )
     assert detect_encoding(b"<p>caf\xc3\xa9</p>", parse_header_charset("text/html")) == "utf-8"
+
+
+def test_a_charset_that_names_no_text_encoding_is_ignored() -> None:
+    # Python's codec registry knows base64, rot13 and zlib, which decode no page.
+    for charset in ("base64", "rot13", "zlib_codec", "hex"):
+        declared = parse_header_charset(f"text/html; charset={charset}")
+        assert detect_encoding(b"<p>caf\xc3\xa9</p>", declared) == "utf-8"
+        assert detect_encoding(f"<meta charset={charset}><p>x</p>".encode()) == "utf-8"
 
 
 def test_links_are_read_like_an_html_parser_reads_them() -> None:
@@ -190,6 +204,23 @@ def test_breadth_first_order_depth_and_content_addressed_files(
     assert report["skipped_by_reason"] == {"out_of_scope": 1}
     assert report["bytes_downloaded"] > 0 and report["pages_per_s"] > 0
     assert not docsite.requests_for("/elsewhere/x.html")
+
+
+def test_encoded_dot_segments_neither_leave_scope_nor_dodge_robots(
+    docsite: DocSite, tmp_path: Path
+) -> None:
+    robots = "User-agent: *\nDisallow: /docs/private/\n"
+    docsite.add("/robots.txt", robots, content_type="text/plain")
+    links = ["%2e%2e/private/secret.html", "sub/%2E%2e/private/key.html", ".%2e/x.html", "a.html"]
+    docsite.page("/docs/index.html", links)
+    for path in ("/private/secret.html", "/docs/private/key.html", "/x.html", "/docs/a.html"):
+        docsite.page(path)
+    report = crawl(docsite, tmp_path)
+    # What the server saw, read as a server reads it (escapes decoded, dot segments removed).
+    seen = {remove_dot_segments(unquote(urlsplit(h.path).path)) for h in docsite.hits}
+    assert seen <= {"/robots.txt", "/docs/sitemap.xml", "/docs/index.html", "/docs/a.html"}, seen
+    assert report["skipped_by_reason"] == {"out_of_scope": 2}
+    assert report["blocked_by_robots"] == 1
 
 
 def test_order_is_deterministic_despite_threads(docsite: DocSite, tmp_path: Path) -> None:
@@ -668,3 +699,254 @@ def test_killed_crawl_leaves_no_torn_files(docsite: DocSite, tmp_path: Path) -> 
     assert report["pages"] == 61
     files = sorted(p.name for p in (tmp_path / "pages").iterdir())
     assert files == sorted(f"{e.sha256}.html" for e in read_manifest(tmp_path))
+
+
+def test_a_start_url_that_yields_no_page_fails_before_changing_anything(
+    docsite: DocSite, tmp_path: Path
+) -> None:
+    docsite.page("/docs/index.html", ["a.html"])
+    docsite.page("/docs/a.html")
+    crawl(docsite, tmp_path)
+    before = (tmp_path / "manifest.jsonl").read_bytes()
+    pages = sorted((tmp_path / "pages").iterdir())
+
+    docsite.add("/docs/index.html", status=301, headers={"Location": "https://elsewhere.test/"})
+    with pytest.raises(CrawlError) as moved:
+        crawl(docsite, tmp_path)
+    message = str(moved.value)
+    assert "no start URL yielded a page, so nothing was changed" in message
+    assert f"{docsite.url('/docs/index.html')}: skipped (redirect_" in message
+    assert "redirected to https://elsewhere.test/" in message and "crawl.start_urls" in message
+
+    docsite.add("/docs/index.html", b"%PDF-1.4", content_type="application/pdf")
+    with pytest.raises(CrawlError, match=r"skipped \(not_html\).*Content-Type application/pdf"):
+        crawl(docsite, tmp_path)
+    assert (tmp_path / "manifest.jsonl").read_bytes() == before
+    assert sorted((tmp_path / "pages").iterdir()) == pages
+
+
+def test_a_crawl_that_would_remove_most_pages_stops_unless_forced(
+    docsite: DocSite, tmp_path: Path
+) -> None:
+    docsite.page("/docs/index.html", ["a.html", "b.html", "c.html"])
+    for name in ("a", "b", "c"):
+        docsite.page(f"/docs/{name}.html")
+    crawl(docsite, tmp_path)
+    before = (tmp_path / "manifest.jsonl").read_bytes()
+
+    docsite.page("/docs/index.html", [])  # an outage page, a redesign: 3 of 4 pages unlinked
+    with pytest.raises(CrawlError, match=r"remove 3 of the 4 known pages.*--force"):
+        crawl(docsite, tmp_path)
+    assert (tmp_path / "manifest.jsonl").read_bytes() == before
+
+    report = crawl_site(make_params(docsite), tmp_path, show_progress=False, force=True)
+    assert report["removed"] == 3
+    assert crawl(docsite, tmp_path, max_removed_fraction=0.0)["removed"] == 0  # nothing left
+
+
+# --- limits: sitemaps, robots.txt, Crawl-delay, slow bodies, traps, exclusions ----------
+
+
+def read_exclusions(raw: Path) -> list[dict[str, Any]]:
+    text = (raw / "exclusions.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+SITEMAP_NS = 'xmlns="http://www.sitemaps.org/schemas/sitemap/0.9"'
+
+
+@pytest.mark.parametrize(
+    ("path", "encoded", "headers"),
+    [
+        ("/docs/sitemap.xml.gz", True, {}),  # a .gz file, served as it is
+        ("/docs/sitemap.xml", False, {"Content-Encoding": "gzip"}),  # compressed in transit
+        ("/docs/sitemap.xml.gz", True, {"Content-Encoding": "gzip"}),  # both
+    ],
+)
+def test_a_gzipped_sitemap_is_decompressed_up_to_its_cap(
+    docsite: DocSite, tmp_path: Path, path: str, encoded: bool, headers: dict[str, str]
+) -> None:
+    head = f"<urlset {SITEMAP_NS}><url><loc>{docsite.url('/docs/orphan.html')}</loc></url>"
+    # 64 MB of XML in 62 KB: the first URL is listed before the padding, the last one after it.
+    xml = head.encode() + b" " * 64_000_000
+    xml += f"<url><loc>{docsite.url('/docs/late.html')}</loc></url></urlset>".encode()
+    body = gzip.compress(gzip.compress(xml) if encoded and headers else xml)
+    docsite.add("/robots.txt", f"Sitemap: {docsite.url(path)}\n", content_type="text/plain")
+    docsite.add(path, body, content_type="application/gzip", headers=headers)
+    for page in ("/docs/index.html", "/docs/orphan.html", "/docs/late.html"):
+        docsite.page(page)
+    run_logger()  # the first call imports prefect (~25 MB), which is not the sitemap's memory
+    tracemalloc.start()
+    try:
+        report = crawl(docsite, tmp_path, max_sitemap_bytes=1_000_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16_000_000, peak  # decompressing it whole took 64 MB (the probe's: 1 GiB)
+    entries = by_path(docsite, tmp_path)
+    assert entries["/docs/orphan.html"].status == PageStatus.OK  # what was parsed is kept
+    assert "/docs/late.html" not in entries
+    assert report["sitemaps"] == {
+        "read": 1, "capped": 1, "missing": 0, "failed_by_reason": {}, "skipped_by_reason": {}
+    }  # fmt: skip
+    rows = [r for r in read_exclusions(tmp_path) if r["reason"].startswith("sitemap_")]
+    assert [(r["url"], r["reason"]) for r in rows] == [(docsite.url(path), "sitemap_capped")]
+    assert "crawl.max_sitemap_bytes" in rows[0]["detail"]
+
+
+def test_sitemap_parsing_stops_at_the_cap_and_keeps_what_it_read() -> None:
+    locs = "".join(f"<url><loc>http://d.test/{i}</loc></url>" for i in range(100))
+    xml = f"<urlset {SITEMAP_NS}>{locs}</urlset>".encode()
+    assert parse_sitemap(xml, max_bytes=len(xml)) == (
+        [f"http://d.test/{i}" for i in range(100)],
+        [],
+        None,
+    )
+    pages, nested, problem = parse_sitemap(gzip.compress(xml), max_bytes=len(xml) // 2)
+    assert problem == "capped" and not nested and 40 <= len(pages) < 50
+    assert pages == [f"http://d.test/{i}" for i in range(len(pages))]
+
+
+def test_a_huge_crawl_delay_is_capped_logged_and_reported(
+    docsite: DocSite, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    docsite.add("/robots.txt", "User-agent: *\nCrawl-delay: 100000\n", content_type="text/plain")
+    docsite.page("/docs/index.html", ["a.html", "b.html"])
+    docsite.page("/docs/a.html")
+    docsite.page("/docs/b.html")
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="tasks.crawl.crawler"):
+        report = crawl(docsite, tmp_path, max_crawl_delay_s=0.2, use_sitemap=False)
+    assert time.monotonic() - started < 5.0
+    assert report["pages"] == 3
+    assert report["crawl_delay_s"] == {"asked": 100000.0, "used": 0.2}
+    times = [h.t for h in docsite.page_hits()]
+    assert min(b - a for a, b in itertools.pairwise(times)) >= 0.2 * 0.6
+    assert "Crawl-delay: 100000" in caplog.text and "crawl.max_crawl_delay_s" in caplog.text
+
+
+def test_a_rate_too_slow_for_max_pages_fails_before_fetching_pages(
+    docsite: DocSite, tmp_path: Path
+) -> None:
+    docsite.add("/robots.txt", "User-agent: *\nCrawl-delay: 100000\n", content_type="text/plain")
+    small_site(docsite)
+    with pytest.raises(CrawlError) as slow:
+        crawl(docsite, tmp_path, max_pages=1000, max_duration_s=3600)
+    message = str(slow.value)
+    for key in ("crawl.max_pages", "crawl.max_duration_s", "crawl.max_crawl_delay_s"):
+        assert key in message, message
+    assert "Crawl-delay" in message
+    assert [h.path for h in docsite.hits] == ["/robots.txt"]
+    assert not (tmp_path / "manifest.jsonl").exists()
+    with pytest.raises(CrawlError, match=r"crawl\.requests_per_second.*crawl\.max_duration_s"):
+        crawl(docsite, tmp_path, respect_robots=False, requests_per_second=1, max_duration_s=10)
+    # A budget the rate fits, or none, crawls as before.
+    assert crawl(docsite, tmp_path, max_pages=5, max_crawl_delay_s=0.05, max_duration_s=60)
+    assert crawl(docsite, tmp_path, max_crawl_delay_s=0.05)["pages"] == 5
+
+
+def test_a_robots_txt_bigger_than_the_page_cap_is_read_up_to_its_own_cap(
+    docsite: DocSite, tmp_path: Path
+) -> None:
+    filler = "# " + "x" * 97 + "\n"  # 100 bytes a line
+    text = "User-agent: *\nDisallow: /docs/early/\n" + filler * 4990  # ~499 KB
+    text += "Disallow: /docs/mid/\n" + filler * 10_000 + "Disallow: /docs/late/\n"  # ~1.5 MB
+    docsite.add("/robots.txt", text, content_type="text/plain")
+    docsite.page("/docs/index.html", ["early/a.html", "mid/b.html", "late/c.html"])
+    for path in ("/docs/early/a.html", "/docs/mid/b.html", "/docs/late/c.html"):
+        docsite.page(path)
+    report = crawl(docsite, tmp_path, max_page_bytes=2048, use_sitemap=False)
+    entries = by_path(docsite, tmp_path)
+    # RFC 9309: at least the first 500 KiB are parsed, and what lies beyond the cap is ignored.
+    assert entries["/docs/early/a.html"].status == PageStatus.BLOCKED
+    assert entries["/docs/mid/b.html"].status == PageStatus.BLOCKED
+    assert entries["/docs/late/c.html"].status == PageStatus.OK
+    assert report["robots_truncated"] == 1
+
+
+def test_a_robots_txt_cut_at_the_cap_drops_its_partial_last_line() -> None:
+    body = b"User-agent: *\nDisallow: /private/\nAllow: /private/pub"  # was /private/public/
+    robots = parse_robots(decode_robots(body, truncated=True), UA)
+    assert not robots.allows("http://d.test/private/pub-secret.html")
+    assert parse_robots(decode_robots(body, truncated=False), UA).allows(
+        "http://d.test/private/pub"
+    )
+
+
+def test_a_body_dripped_slowly_fails_at_the_request_deadline_and_is_retried(
+    docsite: DocSite, tmp_path: Path
+) -> None:
+    docsite.page("/docs/index.html", ["drip.html", "a.html"])
+    docsite.page("/docs/drip.html", drip_s=0.05)  # ~200 bytes: 10 s, each byte within 0.05 s
+    docsite.page("/docs/a.html")
+    started = time.monotonic()
+    report = crawl(docsite, tmp_path, timeout_s=0.5, request_deadline_s=1.0, retries=1)
+    assert time.monotonic() - started < 6.0
+    entry = by_path(docsite, tmp_path)["/docs/drip.html"]
+    assert (entry.status, entry.reason, entry.file) == (PageStatus.FAILED, "deadline", None)
+    assert len(docsite.requests_for("/docs/drip.html")) == 2  # retried like a timeout
+    assert report["failed_by_reason"] == {"deadline": 1} and report["pages"] == 2
+
+
+def test_the_request_deadline_may_not_be_shorter_than_the_timeout() -> None:
+    with pytest.raises(ValueError, match=r"request_deadline_s.*timeout_s"):
+        CrawlParams(start_urls=["http://d.test/"], timeout_s=20, request_deadline_s=10)
+
+
+def test_a_calendar_trap_is_cut_at_the_pattern_budget(docsite: DocSite, tmp_path: Path) -> None:
+    from tests.support.docsite import Route
+
+    def next_day(path: str) -> Route:
+        day = date.fromisoformat(path.split("d=")[1]) + timedelta(days=1)
+        return Route(body=render_page(path, [f"/docs/cal?d={day}"]))
+
+    docsite.generators["/docs/cal?d="] = next_day
+    # Release notes linked from one index, each linking the next: many URLs of one pattern,
+    # but a finite list, not one that grows with every page fetched.
+    releases = [f"release-15-{i}.html" for i in range(30)]
+    docsite.page("/docs/index.html", ["cal?d=2024-01-01", "releases.html"])
+    docsite.page("/docs/releases.html", releases)
+    for i, name in enumerate(releases):
+        docsite.page(f"/docs/{name}", [f"release-15-{i + 1}.html", "releases.html"])
+    report = crawl(docsite, tmp_path, max_pages=120, max_urls_per_pattern=10, use_sitemap=False)
+    cal_hits = [h for h in docsite.page_hits() if h.path.startswith("/docs/cal")]
+    assert len(cal_hits) == 1 + 10
+    assert report["skipped_by_reason"]["trap_pattern"] == 1
+    assert report["trap_patterns"] == {docsite.url("/docs/cal?d=*"): 1}
+    entries = by_path(docsite, tmp_path)
+    assert all(entries[f"/docs/{name}"].status == PageStatus.OK for name in releases)
+    trap = [r for r in read_exclusions(tmp_path) if r["reason"] == "trap_pattern"]
+    assert [r["url"] for r in trap] == [docsite.url("/docs/cal?d=2024-01-12")]
+    assert trap[0]["detail"] == f"linked from {docsite.url('/docs/cal?d=2024-01-11')}"
+
+
+def test_skipped_urls_are_listed_with_their_reason_and_linking_page(
+    docsite: DocSite, tmp_path: Path
+) -> None:
+    docsite.add(
+        "/robots.txt", "User-agent: *\nDisallow: /docs/private/\n", content_type="text/plain"
+    )
+    links = ["a.html", "/elsewhere/x.html", "skip-me.html", "style.css", "data", "private/p.html"]
+    docsite.page("/docs/index.html", links + [f"p{i}.html" for i in range(5)])
+    docsite.page("/docs/a.html", ["a" * 600 + ".html"])
+    docsite.add("/docs/data", b'{"a": 1}', content_type="application/json")
+    for i in range(5):
+        docsite.page(f"/docs/p{i}.html")
+    report = crawl(docsite, tmp_path / "one", exclude=["skip-me"], max_pages=6, concurrency=1)
+    rows = read_exclusions(tmp_path / "one")
+    expected = Counter(report["skipped_by_reason"])
+    expected["robots_txt"] = report["blocked_by_robots"]
+    assert Counter(r["reason"] for r in rows) == expected
+    assert set(expected) == {
+        "out_of_scope", "excluded", "not_html_url", "not_html", "robots_txt", "max_pages",
+        "trap_url_too_long",
+    }  # fmt: skip
+    found = {r["url"].removeprefix(docsite.base): r for r in rows}
+    assert found["/elsewhere/x.html"]["reason"] == "out_of_scope"
+    assert found["/elsewhere/x.html"]["detail"] == f"linked from {docsite.url('/docs/index.html')}"
+    assert found["/docs/data"]["reason"] == "not_html"
+    assert all(r["id"] and r["url"].startswith("http") for r in rows)
+    # The file's order does not depend on thread timing.
+    crawl(docsite, tmp_path / "two", exclude=["skip-me"], max_pages=6, concurrency=8)
+    one = (tmp_path / "one" / "exclusions.jsonl").read_bytes()
+    assert (tmp_path / "two" / "exclusions.jsonl").read_bytes() == one

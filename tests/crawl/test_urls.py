@@ -15,6 +15,7 @@ from tasks.crawl.urls import (
     looks_like_html,
     normalize_scope,
     normalize_url,
+    parse_url_pattern,
 )
 
 PARAMS = CrawlParams(start_urls=["http://docs.test/guide/index.html"])
@@ -117,3 +118,15 @@ def test_trap_guards() -> None:
     assert extract_trap_reason("http://d.test/a/a/a/a/", PARAMS) == "trap_repeated_segment"
     assert extract_trap_reason("http://d.test/a/a/a/", PARAMS) is None
     assert extract_trap_reason("http://d.test/cal/2024/01/", PARAMS) is None
+
+
+def test_url_patterns_abstract_query_values_and_path_digits_only() -> None:
+    assert parse_url_pattern("http://d.test:8080/cal?d=2024-01-01") == "http://d.test:8080/cal?d=*"
+    assert parse_url_pattern("http://d.test/cal?d=1&view=week") == "http://d.test/cal?d=*&view=*"
+    assert parse_url_pattern("http://d.test/cal/2024/01/") == "http://d.test/cal/{n}/{n}/"
+    assert parse_url_pattern("http://d.test/release-15-1.html") == (
+        "http://d.test/release-{n}-{n}.html"
+    )
+    assert parse_url_pattern("http://d.test/print?all") == "http://d.test/print?all"
+    # Nothing to abstract (the port's digits are not the path's): a pattern of one URL.
+    assert parse_url_pattern("http://d.test:8080/guide/index.html") is None

@@ -29,6 +29,7 @@ class Route:
     conditional: bool = True  # send ETag/Last-Modified and answer 304 when they match
     last_modified: str = DEFAULT_LAST_MODIFIED
     omit_length: bool = False  # no Content-Length: the body ends when the connection closes
+    drip_s: float = 0.0  # send the body one byte at a time, this many seconds apart
     # Answers served before the normal one, one per request: (status, extra headers).
     failures: list[tuple[int, dict[str, str]]] = field(default_factory=list)
 
@@ -143,7 +144,7 @@ def make_handler(site: DocSite) -> type[BaseHTTPRequestHandler]:
                 headers["ETag"], headers["Last-Modified"] = etag, route.last_modified
                 if self.is_fresh(etag, route.last_modified):
                     return self.answer(304, b"", {"ETag": etag})
-            self.answer(route.status, route.body, headers, route.omit_length)
+            self.answer(route.status, route.body, headers, route.omit_length, route.drip_s)
 
         def is_fresh(self, etag: str, last_modified: str) -> bool:
             if_none_match = self.headers.get("If-None-Match")
@@ -152,7 +153,12 @@ def make_handler(site: DocSite) -> type[BaseHTTPRequestHandler]:
             return self.headers.get("If-Modified-Since") == last_modified
 
         def answer(
-            self, status: int, body: bytes, headers: dict[str, str], omit_length: bool = False
+            self,
+            status: int,
+            body: bytes,
+            headers: dict[str, str],
+            omit_length: bool = False,
+            drip_s: float = 0.0,
         ) -> None:
             self.send_response(status)
             for key, value in headers.items():
@@ -165,7 +171,18 @@ def make_handler(site: DocSite) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if status != 304:
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    self.wfile.write(body)
+                    self.write_body(body, drip_s)
+
+        def write_body(self, body: bytes, drip_s: float) -> None:
+            if not drip_s:
+                self.wfile.write(body)
+                return
+            # Each byte arrives well within any read timeout, so only a deadline on the whole
+            # response stops a client from waiting for all of them.
+            for i in range(len(body)):
+                self.wfile.write(body[i : i + 1])
+                self.wfile.flush()
+                time.sleep(drip_s)
 
     return Handler
 
