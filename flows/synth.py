@@ -5,8 +5,10 @@ must be up (default: `python -m tasks.llm.server --port 8766`); it is checked be
 Reads params `synth:` and data/markdown; writes data/qa/pairs.jsonl (Q/A pairs citing their
 page), data/pref/triples.jsonl (<prompt, chosen, rejected> for ORPO), an exclusions.jsonl beside
 each (every drop and failed page, with its reason), data/synth_cache/ (one file per LLM reply,
-keyed by the call's hash, so reruns call only for changed pages and a killed run resumes) and
-reports/synth.json. Each page that needs calls is a Prefect task run; cached pages are replayed.
+keyed by the call's hash, so reruns call only for changed pages and a killed run resumes),
+reports/synth.json and reports/synth_retry.yaml (the failed pages; while there are any, the
+next `dvc repro` reruns the stage for them: see tasks/synth/rerun.py). Each page that needs
+calls is a Prefect task run; cached pages are replayed.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ from tasks.synth.generate import (
     TokenCounter,
     check_failed_pages,
     read_token_counter,
+    run_logger,
     run_synth,
     synthesize_page,
 )
+from tasks.synth.rerun import RETRY_FILE, write_retry_state
 
 
 @task(name="synth-page", cache_policy=NO_CACHE, task_run_name="synth-{work.doc.id}")
@@ -41,7 +45,7 @@ async def synth_page(client: ChatClient, work: PageWork, settings: Settings) -> 
 
 
 async def generate(dirs: SynthDirs, params: SynthParams, count: TokenCounter) -> dict[str, Any]:
-    async with build_client(params.endpoint, params.structured) as client:
+    async with build_client(params.endpoint, params.structured, run_logger()) as client:
         await check_endpoint(client)  # an unreachable endpoint fails here, naming its URL
         return await run_synth(client, dirs, params, count, run_page=synth_page)
 
@@ -55,6 +59,7 @@ def synth_flow(paths: PathsParams, params: SynthParams) -> dict[str, Any]:
     report = asyncio.run(generate(dirs, params, count))
     report["wall_s"] = round(time.monotonic() - started, 2)
     write_report(paths.reports, "synth", report)
+    write_retry_state(paths.reports / RETRY_FILE, report["failed_pages"])
     publish_report("synth", report)
     check_failed_pages(report, params.max_failed_fraction)
     return report

@@ -64,10 +64,28 @@ def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)
+    """Each non-blank line's JSON object. A line that is not one raises ValueError naming the
+    file, the line number and what is wrong, so a torn or hand-edited file is found at once."""
+    fix = "repair or delete the line, or rerun the stage that writes the file"
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            where = f"{path}, line {number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{where}: not UTF-8 (byte {exc.start}); {fix}") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f"{where}: not valid JSON ({exc.msg} at column {exc.colno}): "
+                    f"{line[:120]!r}; {fix}"
+                ) from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: a JSON {type(row).__name__}, not an object; {fix}")
+            yield row
 
 
 def remove_stale_staging(final: Path) -> None:

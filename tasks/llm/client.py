@@ -1,55 +1,71 @@
 """The one place that builds OpenAI-compatible chat clients (vLLM in production, llama.cpp on
-127.0.0.1 by default).
+127.0.0.1 by default), and the one place that retries a request.
 
-Retries, backoff and timeouts are the openai SDK's own (`max_retries=params.retries`,
-`timeout=params.timeout_s`): it retries timeouts, connection errors and HTTP 408/409/429/5xx
-with jittered exponential backoff (0.5 s doubling, at most 8 s) and waits a server's
-Retry-After instead when that is 0-120 s. It does not retry a Retry-After above 120 s, other
-4xx, or a 200 whose body is broken; this module turns all of those into EndpointError naming
-the URL. Concurrency is bounded per client by a semaphore, so build one client per event loop.
+Every attempt goes through OpenAIChatClient.call_with_retries (the SDK's own retries are off),
+so each retried fault is counted by cause and logged with its URL, attempt and wait. Retried:
+timeouts, dropped connections, HTTP 408/409/429/5xx and a 200 whose body is not a usable reply
+(a proxy's error page, a body missing its fields), at most `params.retries` times, waiting
+0.5 s doubling to at most 8 s (less up to 25 % jitter, the SDK's own schedule) or the server's
+Retry-After when that is at most 120 s. Not retried: other 4xx, and a Retry-After above 120 s
+(a server that wants to be left alone that long is not coming back within this run). Every
+final failure is an EndpointError naming the URL, what failed and how often it was tried.
+Concurrency is bounded per client by a semaphore, so build one client per event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import openai
 
 from tasks.core.params import EndpointParams
 
-if TYPE_CHECKING:
-    import httpx2  # the SDK's HTTP library; only its Request type is named here
-
 STRUCTURED_MODES: tuple[str, ...] = ("none", "gbnf", "vllm", "vllm-legacy")
+# HTTP statuses worth another attempt, besides every 5xx: request timeout, lock timeout, rate
+# limit (the SDK's own list).
+RETRY_STATUSES = frozenset({408, 409, 429})
+
+T = TypeVar("T")
+Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Completion:
     text: str
-    finish_reason: str  # "stop", "length", ...; callers drop "length" (truncated) replies
+    finish_reason: str  # "stop", "length" (cut at max_tokens), ...: the caller decides
     prompt_tokens: int  # 0 when the server sent no usage
     completion_tokens: int
     model: str
     # Prompt tokens the server took from its prefix cache (usage.prompt_tokens_details.
     # cached_tokens; llama.cpp sends it, vLLM with --enable-prompt-tokens-details); 0 if unsent.
     cached_prompt_tokens: int = 0
+    # The cause of each failed attempt retried before this reply (http_429, timeout, ...).
+    retried: tuple[str, ...] = ()
 
 
 class EndpointError(RuntimeError):
     """The endpoint is unreachable, refused the request, or sent a reply that is not a chat
-    completion; the message names the URL and what was tried or what was wrong."""
+    completion; the message names the URL and what was tried or what was wrong. `retried`
+    holds the causes of the attempts retried before the final one."""
+
+    def __init__(self, message: str, retried: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.retried = retried
 
 
 class MalformedReplyError(EndpointError):
     """HTTP 200, but the body is not a usable chat completion (not JSON, no choices, no text).
-    Not retried: a server that does this once usually does it again for the same request."""
+    Retried like a 5xx: a proxy's error page or a server hiccup is usually gone next time."""
 
 
 class ChatClient(Protocol):
@@ -119,58 +135,149 @@ def parse_completion(text: str, where: str, default_model: str) -> Completion:
     )
 
 
-# Attempts (first try plus the SDK's retries) of the complete() call running in this task,
-# counted by an httpx request hook: the SDK does not report how often it retried a failure.
-_attempts: ContextVar[list[int] | None] = ContextVar("llm_attempts", default=None)
-
-
-async def count_attempt(request: httpx2.Request) -> None:
-    counter = _attempts.get()
-    if counter is not None:
-        counter[0] += 1
-
-
-def describe_api_error(exc: openai.APIError, attempts: int, retries: int) -> str:
-    """What failed and how often it was tried, for an EndpointError message."""
-    tried = f"{attempts} attempt{'s' if attempts != 1 else ''} (max_retries={retries})"
-    if isinstance(exc, openai.APIStatusError):
-        return f"HTTP {exc.status_code} after {tried}: {exc.message}"
-    kind = "timed out" if isinstance(exc, openai.APITimeoutError) else "connection failed"
-    return f"{kind} after {tried} ({type(exc.__cause__).__name__})"
-
-
-@contextmanager
-def raise_endpoint_errors(where: str, retries: int) -> Iterator[None]:
-    """Turn the SDK's final error (its retries spent) into EndpointError naming `where`."""
-    counter = [0]
-    token = _attempts.set(counter)
+def parse_model_ids(text: str, where: str) -> list[str]:
+    """The ids (and llama.cpp aliases) of a GET /models body, or MalformedReplyError."""
     try:
-        yield
-    except openai.APIError as exc:
-        raise EndpointError(f"{where}: {describe_api_error(exc, counter[0], retries)}") from exc
-    finally:
-        _attempts.reset(token)
+        entries = json.loads(text)["data"]
+        ids = [str(e["id"]) for e in entries]
+        ids += [str(a) for e in entries for a in e.get("aliases") or []]
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        raise MalformedReplyError(f"{where}: not a model list: {text[:200]!r}") from None
+    return sorted(set(ids))
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds a server asked to wait: retry-after-ms, or Retry-After in seconds or as a date."""
+    for name, divisor in (("retry-after-ms", 1000), ("retry-after", 1)):
+        try:
+            return float(headers[name]) / divisor
+        except (KeyError, ValueError):
+            continue
+    try:
+        when = email.utils.parsedate_to_datetime(headers["retry-after"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return when.timestamp() - time.time()
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How long to wait before each retry. Tests shorten `first_s`; production keeps the SDK's
+    schedule, which vLLM and llama.cpp deployments are used to."""
+
+    first_s: float = 0.5
+    max_s: float = 8.0
+    max_retry_after_s: float = 120.0
+
+    def wait_s(self, retry: int, retry_after: float | None) -> float:
+        """The server's Retry-After when it gave a usable one, else exponential backoff; the
+        jitter keeps clients that failed together from retrying together."""
+        if retry_after is not None and 0 < retry_after <= self.max_retry_after_s:
+            return retry_after
+        return min(self.first_s * 2**retry, self.max_s) * (1 - 0.25 * random.random())
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One failed attempt: its cause (a report key), what to say about it, whether it is
+    worth another attempt, and the wait the server asked for."""
+
+    cause: str  # http_<status>, timeout, connection, malformed
+    what: str  # "HTTP 503", "timed out", ...: the start of the final error message
+    detail: str  # what follows "after N attempts (max_retries=R)"
+    retryable: bool
+    retry_after: float | None = None
+
+
+def classify_fault(exc: openai.APIError | MalformedReplyError, backoff: Backoff) -> Fault:
+    if isinstance(exc, MalformedReplyError):
+        reason = str(exc).partition(": ")[2]  # the message without its leading URL
+        return Fault("malformed", "malformed reply", f": {reason}", retryable=True)
+    if isinstance(exc, openai.APIStatusError):
+        code = exc.status_code
+        retry_after = parse_retry_after(exc.response.headers)
+        detail = f": {exc.message}"
+        too_long = retry_after is not None and retry_after > backoff.max_retry_after_s
+        if too_long:
+            detail += f"; its Retry-After {retry_after:g} s is over {backoff.max_retry_after_s:g} s"
+        retryable = (code in RETRY_STATUSES or code >= 500) and not too_long
+        return Fault(f"http_{code}", f"HTTP {code}", detail, retryable, retry_after)
+    if isinstance(exc, openai.APITimeoutError):
+        return Fault("timeout", "timed out", f" ({type(exc.__cause__).__name__})", True)
+    if isinstance(exc, openai.APIConnectionError):
+        return Fault("connection", "connection failed", f" ({type(exc.__cause__).__name__})", True)
+    # Anything else the SDK raises says the request itself is wrong: trying again cannot help.
+    return Fault("api_error", type(exc).__name__, f": {exc}", retryable=False)
+
+
+def render_final_error(where: str, fault: Fault, attempts: int, retries: int) -> str:
+    tried = f"{attempts} attempt{'s' if attempts != 1 else ''} (max_retries={retries})"
+    return f"{where}: {fault.what} after {tried}{fault.detail}"
 
 
 class OpenAIChatClient:
-    """ChatClient over openai.AsyncOpenAI with sampling, retries and concurrency from params."""
+    """ChatClient over openai.AsyncOpenAI with sampling, retries and concurrency from params.
+    Retries are logged to `logger` (the flow passes its Prefect run logger, so they show in the
+    run's log and the UI)."""
 
-    def __init__(self, params: EndpointParams, *, structured: str = "none") -> None:
+    def __init__(
+        self,
+        params: EndpointParams,
+        *,
+        structured: str = "none",
+        backoff: Backoff | None = None,
+        logger: Logger | None = None,
+    ) -> None:
         if structured not in STRUCTURED_MODES:
             raise ValueError(f"structured must be one of {STRUCTURED_MODES}, got {structured!r}")
         self.params = params
         self.structured = structured
+        self.backoff = backoff or Backoff()
+        self.log = logger or log
         self.base_url = params.base_url.rstrip("/")
+        # max_retries=0: call_with_retries is the one place that retries, so that every
+        # attempt is seen, counted and logged, and a malformed 200 shares the same budget.
         self.sdk = openai.AsyncOpenAI(
             base_url=self.base_url,
             api_key=params.api_key(),
-            max_retries=params.retries,
+            max_retries=0,
             timeout=params.timeout_s,
-            http_client=openai.DefaultAsyncHttpxClient(
-                event_hooks={"request": [count_attempt], "response": []}
-            ),
         )
         self._slots = asyncio.Semaphore(params.concurrency)
+
+    async def call_with_retries(
+        self, where: str, attempt: Callable[[], Awaitable[T]]
+    ) -> tuple[T, tuple[str, ...]]:
+        """`attempt()`'s result and the causes of the failed attempts retried before it;
+        EndpointError (MalformedReplyError for a broken body) when the retries are spent or
+        the fault is not worth another attempt."""
+        retried: list[str] = []
+        while True:
+            try:
+                return await attempt(), tuple(retried)
+            except (openai.APIError, MalformedReplyError) as exc:
+                fault = classify_fault(exc, self.backoff)
+                if not fault.retryable or len(retried) >= self.params.retries:
+                    raise self.final_error(where, fault, tuple(retried)) from exc
+            await self.wait_to_retry(where, fault, len(retried))
+            retried.append(fault.cause)
+
+    def final_error(self, where: str, fault: Fault, retried: tuple[str, ...]) -> EndpointError:
+        message = render_final_error(where, fault, len(retried) + 1, self.params.retries)
+        error = MalformedReplyError if fault.cause == "malformed" else EndpointError
+        return error(message, retried)
+
+    async def wait_to_retry(self, where: str, fault: Fault, retry: int) -> None:
+        wait = self.backoff.wait_s(retry, fault.retry_after)
+        self.log.info(
+            "%s: %s on attempt %d of %d, retrying in %.2f s",
+            where,
+            fault.cause,
+            retry + 1,
+            self.params.retries + 1,
+            wait,
+        )
+        await asyncio.sleep(wait)
 
     def sampling_body(self) -> dict[str, Any]:
         sampling = self.params.sampling
@@ -199,32 +306,36 @@ class OpenAIChatClient:
         grammar: str | None = None,
         extra_body: dict[str, Any] | None = None,
     ) -> Completion:
-        """One chat completion; EndpointError when the SDK's retries are spent or the reply
-        is malformed. A truncated reply comes back with finish_reason "length"."""
+        """One chat completion, retried as the module docstring says; EndpointError when the
+        retries are spent. A truncated reply comes back with finish_reason "length"."""
         where = f"{self.base_url}/chat/completions"
         body = self.request_extra_body(grammar, extra_body)
         # Sampling goes in extra_body too so extra_body can override it and so fields the SDK
         # does not know (top_k, min_p) travel the same way.
         body = {**self.sampling_body(), **body}
+
+        async def attempt() -> Completion:
+            raw = await self.sdk.chat.completions.with_raw_response.create(
+                model=self.params.model, messages=cast(Any, messages), extra_body=body
+            )
+            return parse_completion(raw.text, where, self.params.model)
+
+        # The slot is held through the waits: a server that is failing or rate-limiting us
+        # gets fewer requests, not the next queued ones.
         async with self._slots:
-            with raise_endpoint_errors(where, self.params.retries):
-                raw = await self.sdk.chat.completions.with_raw_response.create(
-                    model=self.params.model, messages=cast(Any, messages), extra_body=body
-                )
-        return parse_completion(raw.text, where, self.params.model)
+            reply, retried = await self.call_with_retries(where, attempt)
+        return replace(reply, retried=retried)
 
     async def fetch_model_ids(self) -> list[str]:
         """GET {base_url}/models: the ids (and llama.cpp aliases) the server serves."""
         where = f"{self.base_url}/models"
-        with raise_endpoint_errors(where, self.params.retries):
+
+        async def attempt() -> list[str]:
             raw = await self.sdk.models.with_raw_response.list()
-        try:
-            entries = json.loads(raw.text)["data"]
-            ids = [str(e["id"]) for e in entries]
-            ids += [str(a) for e in entries for a in e.get("aliases") or []]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise MalformedReplyError(f"{where}: not a model list: {raw.text[:200]!r}") from None
-        return sorted(set(ids))
+            return parse_model_ids(raw.text, where)
+
+        ids, _ = await self.call_with_retries(where, attempt)
+        return ids
 
     async def aclose(self) -> None:
         await self.sdk.close()
@@ -241,8 +352,10 @@ class OpenAIChatClient:
         await self.aclose()
 
 
-def build_client(params: EndpointParams, structured: str = "none") -> OpenAIChatClient:
-    return OpenAIChatClient(params, structured=structured)
+def build_client(
+    params: EndpointParams, structured: str = "none", logger: Logger | None = None
+) -> OpenAIChatClient:
+    return OpenAIChatClient(params, structured=structured, logger=logger)
 
 
 async def check_endpoint(client: OpenAIChatClient) -> None:

@@ -7,6 +7,11 @@ grammar) and its reply is written to data/synth_cache/<key[:2]>/<key>.json the m
 returns. A rerun reads finished calls back instead of calling, so an unchanged rerun makes no
 calls, a changed page costs only its own calls, and a killed run resumes where it stopped.
 Parsing and filtering always run again from the cached replies: they are cheap and pure.
+
+Only a final reply is cached. The client retries what failed on the wire (errors, timeouts,
+malformed bodies); a reply that arrived but was cut at max_tokens or refused is asked again
+here, with another seed, at most synth.endpoint.retries times, and the last reply is final
+whatever it says. A cache entry that cannot be read back is counted, logged and asked again.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import re
 import time
 from collections import Counter
@@ -43,6 +49,7 @@ from tasks.core.records import (
 from tasks.core.tokens import load_tokenizer, resolve_tokenizer
 from tasks.llm.client import ChatClient, Completion, EndpointError
 from tasks.synth.filters import (
+    REFUSAL_RE,
     NearDuplicates,
     check_qa,
     check_triple,
@@ -197,6 +204,7 @@ class CallRequest:
     messages: list[dict[str, str]]
     grammar: str | None
     key: str
+    url: str = ""  # the page's, for log lines
 
 
 @dataclass(frozen=True)
@@ -213,6 +221,27 @@ class CallResult:
 
 
 @dataclass
+class EndpointCounts:
+    """Requests sent to the endpoint this run, and the causes of those that were retried:
+    the client's (http_<status>, timeout, connection, malformed) and ours (length, refusal)."""
+
+    attempts: int = 0
+    retries_by_cause: Counter[str] = field(default_factory=Counter)
+
+    def add(self, retried: Sequence[str]) -> None:
+        """One call to the client: its final attempt and those it retried before."""
+        self.attempts += 1 + len(retried)
+        self.retries_by_cause.update(retried)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "attempts": self.attempts,
+            "retries": sum(self.retries_by_cause.values()),
+            "retries_by_cause": dict(sorted(self.retries_by_cause.items())),
+        }
+
+
+@dataclass
 class Settings:
     """What every page's calls share: params, the cache folder, the calls seen this run."""
 
@@ -220,20 +249,26 @@ class Settings:
     cache_dir: Path
     calls: list[CallResult] = field(default_factory=list)
     failed_calls: int = 0
+    endpoint: EndpointCounts = field(default_factory=EndpointCounts)
+    corrupt_entries: list[str] = field(default_factory=list)  # why each was unreadable
 
     @property
     def persona(self) -> Persona:
         return Persona(self.params.persona, self.params.domain)
 
-    def request_body(self, grammar: str | None) -> dict[str, Any] | None:
+    def request_body(self, grammar: str | None, reask: int = 0) -> dict[str, Any] | None:
         """A grammar bounds the reply's length in characters, and a token is at least one, so
         max_tokens raised to that bound never cuts a constrained reply short (a small model
-        otherwise fills its budget and every block ends truncated)."""
-        if grammar is None:
-            return None
+        otherwise fills its budget and every block ends truncated). A re-asked call gets the
+        next seed: the same seed would bring back the same reply."""
         p = self.params
-        longest = grammar_max_chars(p.max_pairs, p.max_points, p.max_answer_chars)
-        return {"max_tokens": max(p.endpoint.sampling.max_tokens, longest)}
+        body: dict[str, Any] = {}
+        if grammar is not None:
+            longest = grammar_max_chars(p.max_pairs, p.max_points, p.max_answer_chars)
+            body["max_tokens"] = max(p.endpoint.sampling.max_tokens, longest)
+        if reask and p.endpoint.sampling.seed is not None:
+            body["seed"] = p.endpoint.sampling.seed + reask
+        return body or None
 
 
 def render_call_key(
@@ -250,32 +285,66 @@ def render_call_key(
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def build_request(kind: str, page_id: str, user: str, grammar: str, s: Settings) -> CallRequest:
+def build_request(kind: str, doc: MarkdownDoc, user: str, grammar: str, s: Settings) -> CallRequest:
     messages = render_messages(s.persona, user)
     used = grammar if s.params.structured != "none" else None
-    return CallRequest(kind, page_id, messages, used, render_call_key(messages, used, s.params))
+    key = render_call_key(messages, used, s.params)
+    return CallRequest(kind, doc.id, messages, used, key, doc.url)
 
 
 def cache_path(cache_dir: Path, key: str) -> Path:
     return cache_dir / key[:2] / f"{key}.json"
 
 
+class CorruptCacheEntry(ValueError):
+    """A cache file that is there but cannot be read back as a reply (a torn or hand-edited
+    file); the call is asked again and the file overwritten."""
+
+
+# What a cache entry must hold to be replayed; bool is excluded from the ints below.
+CACHE_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "text": str,
+    "finish_reason": str,
+    "prompt_tokens": int,
+    "completion_tokens": int,
+    "cached_prompt_tokens": int,
+    "model": str,
+    "seconds": (int, float),
+}
+
+
 def read_cached(cache_dir: Path, key: str) -> CallResult | None:
+    """The cached reply, None when there is none, CorruptCacheEntry when it is unusable."""
     path = cache_path(cache_dir, key)
     try:
         data = json.loads(path.read_text("utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
+    except FileNotFoundError:
         return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptCacheEntry(f"{path}: not JSON ({exc})") from None
+    return parse_cache_entry(data, key, path)
+
+
+def parse_cache_entry(data: Any, key: str, path: Path) -> CallResult:
+    if not isinstance(data, dict):
+        raise CorruptCacheEntry(f"{path}: a JSON {type(data).__name__}, not an object")
+    if data.get("key", key) != key:
+        raise CorruptCacheEntry(f"{path}: holds the reply for key {data['key']!r}")
+    data = {"cached_prompt_tokens": 0, **data}  # entries from before it was recorded
+    for name, kind in CACHE_FIELDS.items():
+        value = data.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise CorruptCacheEntry(f"{path}: {name} is {value!r}")
     return CallResult(
         key,
-        str(data["text"]),
-        str(data["finish_reason"]),
-        int(data["prompt_tokens"]),
-        int(data["completion_tokens"]),
-        str(data["model"]),
+        data["text"],
+        data["finish_reason"],
+        data["prompt_tokens"],
+        data["completion_tokens"],
+        data["model"],
         float(data["seconds"]),
         made=False,
-        cached_prompt_tokens=int(data.get("cached_prompt_tokens", 0)),
+        cached_prompt_tokens=data["cached_prompt_tokens"],
     )
 
 
@@ -296,19 +365,66 @@ def write_cached(cache_dir: Path, request: CallRequest, result: CallResult) -> N
     write_json_atomic(cache_path(cache_dir, result.key), entry)
 
 
+def read_cached_or_note(s: Settings, key: str) -> CallResult | None:
+    """The cached reply, or None; a corrupt entry is noted (and so asked again)."""
+    try:
+        return read_cached(s.cache_dir, key)
+    except CorruptCacheEntry as exc:
+        s.corrupt_entries.append(str(exc))
+        return None
+
+
+def check_final(reply: Completion) -> str | None:
+    """Why a reply is not yet a final answer (it is asked again), or None when it is."""
+    if reply.finish_reason == "length":
+        return "length"
+    if REFUSAL_RE.search(reply.text):
+        return "refusal"
+    return None
+
+
+async def ask_once(client: ChatClient, request: CallRequest, s: Settings, reask: int) -> Completion:
+    body = s.request_body(request.grammar, reask)
+    try:
+        reply = await client.complete(request.messages, grammar=request.grammar, extra_body=body)
+    except (EndpointError, openai.APIError) as exc:
+        s.failed_calls += 1
+        s.endpoint.add(getattr(exc, "retried", ()))
+        raise
+    s.endpoint.add(reply.retried)
+    return reply
+
+
+async def ask_until_final(client: ChatClient, request: CallRequest, s: Settings) -> Completion:
+    """A reply cut at max_tokens or refused is asked again, at most endpoint.retries times;
+    the last reply is final whatever it says (the parser and filters count what is wrong)."""
+    reply = await ask_once(client, request, s, 0)
+    for reask in range(1, s.params.endpoint.retries + 1):
+        problem = check_final(reply)
+        if problem is None:
+            break
+        s.endpoint.retries_by_cause[problem] += 1
+        run_logger().info(
+            "synth %s: %s reply %s on attempt %d of %d, asking again with another seed",
+            request.url,
+            request.kind,
+            problem,
+            reask,
+            s.params.endpoint.retries + 1,
+        )
+        reply = await ask_once(client, request, s, reask)
+    return reply
+
+
 async def fetch_completion(client: ChatClient, request: CallRequest, s: Settings) -> CallResult:
-    """The cached reply, or a new call whose reply is cached before anything else happens."""
-    cached = read_cached(s.cache_dir, request.key)
+    """The cached reply, or a new call whose final reply is cached before anything else
+    happens."""
+    cached = read_cached_or_note(s, request.key)
     if cached is not None:
         s.calls.append(cached)
         return cached
     started = time.monotonic()
-    try:
-        body = s.request_body(request.grammar)
-        reply = await client.complete(request.messages, grammar=request.grammar, extra_body=body)
-    except (EndpointError, openai.APIError):
-        s.failed_calls += 1
-        raise
+    reply = await ask_until_final(client, request, s)
     seconds = round(time.monotonic() - started, 3)
     result = CallResult(
         request.key,
@@ -357,13 +473,13 @@ class PageOutcome:
 def qa_request(work: PageWork, chunk: Chunk, s: Settings) -> CallRequest:
     user = render_qa_prompt(s.persona, work.doc, chunk.document, chunk.n_pairs)
     return build_request(
-        "qa", work.doc.id, user, render_qa_grammar(chunk.n_pairs, s.params.max_answer_chars), s
+        "qa", work.doc, user, render_qa_grammar(chunk.n_pairs, s.params.max_answer_chars), s
     )
 
 
 def points_request(work: PageWork, chunk: Chunk, s: Settings) -> CallRequest:
     user = render_points_prompt(work.doc, chunk.document, chunk.n_points)
-    return build_request("points", work.doc.id, user, render_points_grammar(chunk.n_points), s)
+    return build_request("points", work.doc, user, render_points_grammar(chunk.n_points), s)
 
 
 def triple_request(
@@ -372,7 +488,7 @@ def triple_request(
     point, kind, tag = slot
     user = render_triple_prompt(work.doc, chunk.document, point, kind, tag)
     grammar = render_triple_grammar(s.params.max_answer_chars)
-    return build_request(kind.value, work.doc.id, user, grammar, s)
+    return build_request(kind.value, work.doc, user, grammar, s)
 
 
 def select_points(reply: CallResult, limit: int) -> list[str]:
@@ -522,7 +638,11 @@ class Assembled:
     parse_failures: Counter[str] = field(default_factory=Counter)
     dropped: Counter[str] = field(default_factory=Counter)
     grounding: list[float] = field(default_factory=list)
-    failed_pages: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)  # {url, error} per failed page
+
+    @property
+    def failed_pages(self) -> int:
+        return len(self.failed)
 
 
 def exclusion(doc: MarkdownDoc, reason: str, chunk: int, text: str) -> Exclusion:
@@ -647,7 +767,7 @@ def assemble_outputs(outcomes: Sequence[PageOutcome], params: SynthParams) -> As
     for outcome in outcomes:
         work = outcome.work
         if outcome.error:
-            out.failed_pages += 1
+            out.failed.append({"url": work.doc.url, "error": outcome.error})
             for excl in (out.qa_exclusions, out.pref_exclusions):
                 excl.append(exclusion(work.doc, "endpoint_error", 0, outcome.error))
             continue
@@ -674,17 +794,30 @@ def write_outputs(qa_dir: Path, pref_dir: Path, out: Assembled) -> None:
     write_if_changed(pref_dir / EXCLUSIONS_FILE, render_jsonl(out.pref_exclusions))
 
 
-def prune_cache(cache_dir: Path, keep: set[str]) -> int:
-    """Remove replies no call of this run used (and temp files of killed runs)."""
-    pruned = 0
+def prune_cache(cache_dir: Path, used: set[str], unused_days: float | None) -> dict[str, int]:
+    """Mark the replies this run used as used now (their mtime), delete temp files of killed
+    runs and, when `unused_days` is set, replies unused for that long; returns what the cache
+    holds afterwards."""
+    now = time.time()
+    counts = {"entries": 0, "bytes": 0, "unused": 0, "pruned": 0}
     for path in cache_dir.glob("*/*"):
-        if path.name.endswith(".tmp") or path.stem not in keep:
+        if path.name.endswith(".tmp"):
             path.unlink()
-            pruned += 1
+            continue
+        if path.stem in used:
+            os.utime(path, (now, now))
+        elif unused_days is not None and now - path.stat().st_mtime >= unused_days * 86400:
+            path.unlink()
+            counts["pruned"] += 1
+            continue
+        else:
+            counts["unused"] += 1
+        counts["entries"] += 1
+        counts["bytes"] += path.stat().st_size
     for folder in cache_dir.glob("*"):
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
-    return pruned
+    return counts
 
 
 def summarize_calls(calls: Sequence[CallResult], failed: int, generate_s: float) -> dict[str, Any]:
@@ -722,7 +855,11 @@ def summarize_cost(tokens: dict[str, int], params: SynthParams) -> dict[str, flo
 
 
 def summarize(
-    works: Sequence[PageWork], out: Assembled, s: Settings, generate_s: float, pruned: int
+    works: Sequence[PageWork],
+    out: Assembled,
+    s: Settings,
+    generate_s: float,
+    cache: dict[str, int],
 ) -> dict[str, Any]:
     report: dict[str, Any] = {
         "pages": len(works),
@@ -748,9 +885,15 @@ def summarize(
             if out.grounding
             else 0.0,
         },
-        "cache_pruned": pruned,
+        "cache_pruned": cache["pruned"],
+        "cache": cache,
+        # Entries that could not be read back, so were asked again (their paths are logged).
+        "cache_corrupt": len(s.corrupt_entries),
         "prompt_version": PROMPT_VERSION,
         **summarize_calls(s.calls, s.failed_calls, generate_s),
+        "endpoint": s.endpoint.summary(),
+        # A rerun calls for exactly these (every other page replays from the cache).
+        "failed_pages": out.failed,
     }
     cost = summarize_cost(report["tokens"], s.params)
     if cost is not None:
@@ -764,7 +907,8 @@ def check_failed_pages(report: dict[str, Any], max_fraction: float) -> None:
     if pages and failed / pages > max_fraction:
         raise TooManyFailedPages(
             f"{failed} of {pages} pages failed (synth.max_failed_fraction = {max_fraction}); "
-            "their errors are in the exclusions files under reason endpoint_error"
+            "they and their errors are listed in the report's failed_pages; the next run "
+            "calls only for them"
         )
 
 
@@ -783,8 +927,9 @@ async def run_synth(
     count: TokenCounter,
     run_page: PageRunner = synthesize_page,
 ) -> dict[str, Any]:
-    """The whole stage: returns the report (without wall time). The cache is pruned only
-    when the run is within synth.max_failed_fraction."""
+    """The whole stage: returns the report (without wall time). The cache keeps every reply
+    unless synth.cache_prune_unused_days says otherwise, and then is pruned only when the run
+    is within synth.max_failed_fraction."""
     pages = read_pages(dirs.markdown)
     works = [plan_page(doc, body, params, count) for doc, body in pages[: params.max_pages]]
     settings = Settings(params, dirs.cache)
@@ -792,13 +937,16 @@ async def run_synth(
     started = time.monotonic()
     outcomes = await synthesize_pages(client, works, settings, run_page)
     generate_s = time.monotonic() - started
+    for why in settings.corrupt_entries:
+        run_logger().warning("synth: corrupt cache entry asked again: %s", why)
     out = assemble_outputs(outcomes, params)
     for doc, _ in pages[len(works) :]:
         out.qa_exclusions.append(Exclusion(id=doc.id, url=doc.url, reason="over_max_pages"))
     write_outputs(dirs.qa, dirs.pref, out)
     ok = not works or out.failed_pages / len(works) <= params.max_failed_fraction
-    pruned = prune_cache(dirs.cache, {c.key for c in settings.calls}) if ok else 0
-    report = summarize(works, out, settings, generate_s, pruned)
+    unused_days = params.cache_prune_unused_days if ok else None
+    cache = prune_cache(dirs.cache, {c.key for c in settings.calls}, unused_days)
+    report = summarize(works, out, settings, generate_s, cache)
     return {**report, "pages_over_max_pages": len(pages) - len(works)}
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import re
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from tasks.core.params import EndpointParams, SamplingParams
 from tasks.core.procs import free_port
 from tasks.llm.client import (
+    Backoff,
     EndpointError,
     MalformedReplyError,
     OpenAIChatClient,
@@ -21,17 +23,20 @@ from tasks.llm.client import (
     check_endpoint,
     parse_completion,
 )
-from tests.support.fake_openai import FakeOpenAI, malformed, ok, sleep, status
+from tests.support.fake_openai import FakeOpenAI, drop, malformed, ok, sleep, status
 
 # Harmless once tests/conftest.py imports the fixture too.
 pytest_plugins = ("tests.support.llm_fixtures",)
 
 MESSAGES = [{"role": "user", "content": "Write one question about the docs."}]
+FAST = Backoff(first_s=0.01)  # for tests about what is retried, not about how long it waits
 
 
-def client_for(fake: FakeOpenAI, structured: str = "none", **overrides: Any) -> OpenAIChatClient:
+def client_for(
+    fake: FakeOpenAI, structured: str = "none", *, backoff: Backoff | None = None, **overrides: Any
+) -> OpenAIChatClient:
     params = EndpointParams(base_url=fake.base_url, model=fake.model, **overrides)
-    return build_client(params, structured)
+    return OpenAIChatClient(params, structured=structured, backoff=backoff)
 
 
 def gaps(fake: FakeOpenAI) -> list[float]:
@@ -179,13 +184,61 @@ async def test_timeouts_exhausted_name_the_url(fake_openai: FakeOpenAI) -> None:
         ("null_content", "content is None"),
     ],
 )
-async def test_malformed_reply_raises(fake_openai: FakeOpenAI, what: Any, message: str) -> None:
-    fake_openai.script(malformed(what))
-    async with client_for(fake_openai, retries=2) as client:
+async def test_malformed_reply_is_retried_then_raises(
+    fake_openai: FakeOpenAI, what: Any, message: str
+) -> None:
+    # Changed: a malformed 200 used to fail at once; it is now retried like a 5xx.
+    fake_openai.script(*[malformed(what)] * 3, ok("too late"))
+    async with client_for(fake_openai, backoff=FAST, retries=2) as client:
         with pytest.raises(MalformedReplyError, match=message) as err:
             await client.complete(MESSAGES)
-    assert fake_openai.base_url in str(err.value)
-    assert len(fake_openai.chat_requests) == 1  # a 200 is never retried by the SDK
+    assert fake_openai.base_url in str(err.value) and "after 3 attempts" in str(err.value)
+    assert err.value.retried == ("malformed", "malformed")
+    assert len(fake_openai.chat_requests) == 3 and fake_openai.pending == 1
+
+
+@pytest.mark.asyncio
+async def test_a_malformed_reply_then_a_good_one_succeeds(fake_openai: FakeOpenAI) -> None:
+    fake_openai.script(malformed("no_choices"), ok("second time"))
+    async with client_for(fake_openai, backoff=FAST, retries=1) as client:
+        got = await client.complete(MESSAGES)
+    assert (got.text, got.retried) == ("second time", ("malformed",))
+
+
+@pytest.mark.asyncio
+async def test_every_retried_fault_is_counted_by_cause_and_logged(
+    fake_openai: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_openai.script(
+        status(429, retry_after=0.05),
+        status(500),
+        sleep(1.0),
+        drop(),
+        malformed(),
+        ok("at last"),
+    )
+    caplog.set_level(logging.INFO, logger="tasks.llm.client")
+    async with client_for(fake_openai, backoff=FAST, retries=5, timeout_s=0.3) as client:
+        got = await client.complete(MESSAGES)
+    assert got.text == "at last"
+    causes = ("http_429", "http_500", "timeout", "connection", "malformed")
+    assert got.retried == causes
+    assert len(fake_openai.chat_requests) == 6
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert len(lines) == 5
+    url = f"{fake_openai.base_url}/chat/completions"
+    for n, (line, cause) in enumerate(zip(lines, causes, strict=True), start=1):
+        assert line.startswith(f"{url}: {cause} on attempt {n} of 6, retrying in "), line
+    assert lines[0].endswith("retrying in 0.05 s")  # the server's Retry-After
+
+
+@pytest.mark.asyncio
+async def test_a_final_failure_says_what_was_retried(fake_openai: FakeOpenAI) -> None:
+    fake_openai.script(status(502), drop(), status(404))
+    async with client_for(fake_openai, backoff=FAST, retries=4) as client:
+        with pytest.raises(EndpointError, match=r"HTTP 404 after 3 attempts") as err:
+            await client.complete(MESSAGES)
+    assert err.value.retried == ("http_502", "connection")
 
 
 @pytest.mark.asyncio

@@ -29,9 +29,9 @@ Malformation = Literal["not_json", "no_choices", "null_content", "empty_body"]
 
 @dataclass(frozen=True)
 class Behaviour:
-    """One scripted reply; build it with ok(), status(), sleep() or malformed()."""
+    """One scripted reply; build it with ok(), status(), sleep(), malformed() or drop()."""
 
-    kind: Literal["ok", "status", "malformed"]
+    kind: Literal["ok", "status", "malformed", "drop"]
     text: str = "ok"
     finish_reason: str = "stop"
     usage: tuple[int, int] | Literal["auto"] | None = AUTO
@@ -68,6 +68,11 @@ def sleep(seconds: float, then: Behaviour | None = None) -> Behaviour:
 def malformed(what: Malformation = "not_json") -> Behaviour:
     """A 200 whose body is broken: not JSON, no choices, null message content, or empty."""
     return Behaviour("malformed", malformation=what)
+
+
+def drop() -> Behaviour:
+    """Close the connection without answering (a proxy or server that died mid-request)."""
+    return Behaviour("drop")
 
 
 @dataclass(frozen=True)
@@ -242,7 +247,9 @@ class _Handler(BaseHTTPRequestHandler):
         behaviour = fake.next_behaviour(body)
         if behaviour.delay_s:
             time.sleep(behaviour.delay_s)
-        if behaviour.kind == "ok":
+        if behaviour.kind == "drop":
+            self.close_connection = True  # the handler closes the socket; nothing is sent
+        elif behaviour.kind == "ok":
             self._send(200, "application/json", render_completion(behaviour, body, fake.model), {})
         elif behaviour.kind == "malformed":
             self._send(200, *render_malformed(behaviour, body), {})

@@ -6,7 +6,9 @@ client records prompts; one test goes through the real openai SDK to a fake HTTP
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -17,7 +19,13 @@ import pytest
 from tasks.core.documents import parse_document, render_document
 from tasks.core.params import EndpointParams, SamplingParams, SynthParams
 from tasks.core.records import PreferenceTriple, QAPair
-from tasks.llm.client import EndpointError, build_client, check_endpoint
+from tasks.llm.client import (
+    Backoff,
+    EndpointError,
+    OpenAIChatClient,
+    build_client,
+    check_endpoint,
+)
 from tasks.markdown.build import build_markdown
 from tasks.synth.generate import (
     PageOutcome,
@@ -31,7 +39,15 @@ from tasks.synth.generate import (
     synthesize_page,
 )
 from tasks.synth.prompts import grammar_max_chars
-from tests.support.fake_openai import ok, serve_fake_openai
+from tests.support.fake_openai import (
+    Behaviour,
+    drop,
+    malformed,
+    ok,
+    serve_fake_openai,
+    sleep,
+    status,
+)
 from tests.support.fixture_site import FIXTURE_SITE, PARAMS, crawl
 from tests.support.synth_fakes import ScriptedClient, scripted_reply
 
@@ -165,8 +181,26 @@ def test_unchanged_rerun_makes_no_calls_and_a_changed_page_only_its_own(
     assert changed.prompts and all(is_page(u, "backup-file.html") for u in changed.users())
     assert [Path(u).name for u in runner.urls] == ["backup-file.html"]
     assert report["calls"]["made"] == len(changed.prompts)
-    assert report["cache_pruned"] > 0  # the old version's replies
-    assert report["calls"]["made"] + report["calls"]["reused"] == len(cache_files(dirs))
+    assert report["cache_pruned"] == 0 and report["cache"]["unused"] > 0  # the old version's
+    assert report["calls"]["made"] + report["calls"]["reused"] + report["cache"]["unused"] == (
+        len(cache_files(dirs))
+    )
+
+    pruning = SYNTH.model_copy(update={"cache_prune_unused_days": 0.0})
+    report = run(ScriptedClient(), dirs, count, pruning)
+    assert report["calls"]["made"] == 0 and report["cache_pruned"] > 0
+    assert report["calls"]["reused"] == len(cache_files(dirs)) == report["cache"]["entries"]
+
+
+def test_a_temporary_params_change_throws_no_paid_reply_away(dirs: SynthDirs, count: Any) -> None:
+    first = run(ScriptedClient(), dirs, count)
+    files = len(cache_files(dirs))
+    narrow = run(ScriptedClient(), dirs, count, SYNTH.model_copy(update={"max_pages": 1}))
+    assert narrow["cache_pruned"] == 0 and len(cache_files(dirs)) == files
+    client = ScriptedClient()
+    back = run(client, dirs, count)
+    assert client.prompts == [] and back["calls"]["reused"] == first["calls"]["made"]
+    assert back["cache"]["entries"] == files and back["cache"]["bytes"] > 0
 
 
 @pytest.mark.parametrize("interrupt", [KeyboardInterrupt, asyncio.CancelledError])
@@ -206,6 +240,8 @@ def test_failing_page_is_recorded_and_the_threshold_decides(dirs: SynthDirs, cou
     errors = [r for r in read_rows(dirs.qa / "exclusions.jsonl") if r["reason"] == "endpoint_error"]
     assert len(errors) == 1 and errors[0]["url"].endswith("backup-dump.html")
     assert "HTTP 500" in errors[0]["detail"]
+    [failed] = report["failed_pages"]  # what a rerun retries, with why it failed
+    assert failed["url"] == errors[0]["url"] and "HTTP 500" in failed["error"]
     pairs = read_rows(dirs.qa / "pairs.jsonl")
     assert pairs and not any(r["url"].endswith("backup-dump.html") for r in pairs)
     check_failed_pages(report, tolerant.max_failed_fraction)
@@ -215,7 +251,7 @@ def test_failing_page_is_recorded_and_the_threshold_decides(dirs: SynthDirs, cou
     # Once the endpoint recovers, only the failed page's calls are made.
     recovered = ScriptedClient()
     report = run(recovered, dirs, count)
-    assert report["pages_failed"] == 0
+    assert report["pages_failed"] == 0 and report["failed_pages"] == []
     assert recovered.prompts and all(is_page(u, "backup-dump.html") for u in recovered.users())
 
 
@@ -313,3 +349,142 @@ def test_unreachable_endpoint_fails_before_any_work(dirs: SynthDirs, count: Any)
     with pytest.raises(EndpointError, match=f"{url}/models"):
         asyncio.run(generate(dirs, params, count))
     assert not dirs.qa.exists() and not dirs.cache.exists()
+
+
+FAST = Backoff(first_s=0.01)  # these tests are about what is retried, not how long it waits
+
+
+async def run_via_fast_client(dirs: SynthDirs, params: SynthParams, count: Any) -> dict[str, Any]:
+    async with OpenAIChatClient(
+        params.endpoint, structured=params.structured, backoff=FAST
+    ) as client:
+        return await run_synth(client, dirs, params, count)
+
+
+def faulty_endpoint(faults: dict[int, Behaviour]) -> Any:
+    """A responder that answers the n-th request (from 1) with faults[n], else well."""
+    numbers = itertools.count(1)
+
+    def respond(body: dict[str, Any]) -> Behaviour:
+        return faults.get(next(numbers)) or ok(scripted_reply(body["messages"]))
+
+    return respond
+
+
+def test_retried_endpoint_faults_are_counted_by_cause_and_logged(
+    dirs: SynthDirs, count: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every attempt is counted and each retry logged; two malformed 200s (about 4 % of the
+    calls) are retried like a 5xx instead of failing their pages."""
+    faults = {
+        3: status(429, retry_after=0.05),
+        7: status(500),
+        11: sleep(3.0),  # over timeout_s
+        15: drop(),
+        19: malformed("not_json"),
+        23: malformed("no_choices"),
+    }
+    caplog.set_level(logging.INFO, logger="tasks.llm.client")
+    with serve_fake_openai() as fake:
+        fake.responder = faulty_endpoint(faults)
+        endpoint = EndpointParams(
+            base_url=fake.base_url, model=fake.model, concurrency=3, retries=2, timeout_s=2.0
+        )
+        params = SYNTH.model_copy(update={"endpoint": endpoint})
+        report = asyncio.run(run_via_fast_client(dirs, params, count))
+
+    assert report["pages_failed"] == 0 and report["calls"]["failed"] == 0
+    assert len(fake.chat_requests) > 23 + 6
+    assert report["endpoint"] == {
+        "attempts": len(fake.chat_requests),
+        "retries": 6,
+        "retries_by_cause": {
+            "connection": 1,
+            "http_429": 1,
+            "http_500": 1,
+            "malformed": 2,
+            "timeout": 1,
+        },
+    }
+    assert report["calls"]["made"] == len(fake.chat_requests) - 6
+    retries = [r.getMessage() for r in caplog.records if "retrying in" in r.getMessage()]
+    assert len(retries) == 6
+    assert all(line.startswith(f"{fake.base_url}/chat/completions: ") for line in retries)
+
+
+def test_cut_or_refused_replies_are_asked_again_and_only_the_final_one_cached(
+    dirs: SynthDirs, count: Any
+) -> None:
+    """backup-dump's Q/A call is cut at max_tokens, then refused, then answered: the answer
+    is what counts and what is cached. backup-file's Q/A call is cut every time: after the
+    retries its last reply is final, parsed (as truncated) and cached like any other."""
+    seeds: dict[str, list[int]] = {"backup-dump.html": [], "backup-file.html": []}
+
+    def respond(body: dict[str, Any]) -> Behaviour:
+        user = body["messages"][-1]["content"]
+        page = next((name for name in seeds if is_page(user, name)), None)
+        if page is None or "<QUE> question <ANS>" not in user:
+            return ok(scripted_reply(body["messages"]))
+        seeds[page].append(body["seed"])
+        if page == "backup-file.html":
+            return ok("<QUE> What is a file backup? <ANS> A copy", finish_reason="length")
+        if len(seeds[page]) == 1:
+            return ok("<QUE> What is a dump? <ANS> A dump", finish_reason="length")
+        if len(seeds[page]) == 2:
+            return ok("I'm sorry, I cannot help with that request.")
+        return ok(scripted_reply(body["messages"]))
+
+    shorten_pages(dirs, list(seeds), max_chars=1500)
+    with serve_fake_openai() as fake:
+        fake.responder = respond
+        endpoint = EndpointParams(base_url=fake.base_url, model=fake.model, retries=2)
+        params = SYNTH.model_copy(update={"endpoint": endpoint})
+        report = asyncio.run(run_via_fast_client(dirs, params, count))
+        calls = len(fake.chat_requests)
+        again = asyncio.run(run_via_fast_client(dirs, params, count))
+        assert len(fake.chat_requests) == calls  # final outcomes are cached, retries included
+
+    # One Q/A call per page (each fits one chunk), asked with the next seed each time.
+    assert seeds == {"backup-dump.html": [1234, 1235, 1236], "backup-file.html": [1234, 1235, 1236]}
+    assert report["endpoint"]["retries_by_cause"] == {"length": 3, "refusal": 1}
+    assert report["endpoint"]["attempts"] == calls == report["calls"]["made"] + 4
+    assert report["parse_failures"].get("qa.truncated") == 1  # backup-file's, after 3 tries
+    pairs = read_rows(dirs.qa / "pairs.jsonl")
+    assert any(r["url"].endswith("backup-dump.html") for r in pairs)
+    assert again["calls"]["made"] == 0 and again["endpoint"] == {
+        "attempts": 0,
+        "retries": 0,
+        "retries_by_cause": {},
+    }
+    assert again["parse_failures"] == report["parse_failures"]
+
+
+def test_corrupt_cache_entries_are_asked_again_and_counted(dirs: SynthDirs, count: Any) -> None:
+    first = run(ScriptedClient(), dirs, count)
+    entries = sorted(dirs.cache.glob("*/*.json"))
+    entries[0].write_text('{"text": "half a rep')  # torn write
+    data = json.loads(entries[1].read_text())
+    del data["completion_tokens"]
+    entries[1].write_text(json.dumps(data))
+    data = json.loads(entries[2].read_text())
+    data["text"] = 42
+    entries[2].write_text(json.dumps(data))
+
+    client = ScriptedClient()
+    report = run(client, dirs, count)
+    assert report["cache_corrupt"] == 3 and report["calls"]["made"] == len(client.prompts) == 3
+    assert report["calls"]["reused"] == first["calls"]["made"] - 3
+    for path in entries[:3]:
+        assert isinstance(json.loads(path.read_text())["text"], str)  # overwritten by the answer
+
+    clean = run(ScriptedClient(), dirs, count)
+    assert clean["cache_corrupt"] == 0 and clean["calls"]["made"] == 0
+
+
+def test_a_corrupt_index_line_names_the_file_and_line(dirs: SynthDirs, count: Any) -> None:
+    index = dirs.markdown / "index.jsonl"
+    lines = index.read_text().splitlines(keepends=True)
+    lines[2] = lines[2][: len(lines[2]) // 2] + "\n"
+    index.write_text("".join(lines))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(index))}, line 3: not valid JSON"):
+        run(ScriptedClient(), dirs, count)
