@@ -15,6 +15,11 @@ from pathlib import Path
 from tasks.core.env import apply_stage_defaults
 
 os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
+# Prefect 3.7 derives the results folder from ~/.prefect, not from PREFECT_HOME, so a failed
+# run's pickled exception would land outside the project: name it under the same home.
+os.environ.setdefault(
+    "PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(Path(os.environ["PREFECT_HOME"]) / "storage")
+)
 # The ephemeral server needs well over the default 20 s to start on a busy 2-core machine.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 apply_stage_defaults()

@@ -28,7 +28,7 @@ from tasks.core.io import write_text_atomic
 from tasks.core.packed import read_phase_meta
 from tasks.core.params import CptParams, ParamsError, PathsParams, load_stage_params
 from tasks.core.procs import free_port, stream_process
-from tasks.core.report import publish_report, write_report
+from tasks.core.report import finish_report
 from tasks.cpt.config import (
     RUN_FILE,
     RunSpec,
@@ -109,10 +109,7 @@ def cpt_flow(paths: PathsParams, params: CptParams, phase: str) -> dict[str, Any
     step_log = read_step_log(spec)
     write_text_atomic(paths.reports / f"cpt_{phase}_steps.csv", render_steps_csv(step_log))
     report = render_report(spec, checkpoints, result, step_log, held_out)
-    report["wall_s"] = round(time.monotonic() - started, 2)
-    write_report(paths.reports, f"cpt_{phase}", report)
-    publish_report(f"cpt-{phase}", report)
-    return report
+    return finish_report(paths.reports, f"cpt_{phase}", report, started)
 
 
 def main(argv: list[str]) -> None:

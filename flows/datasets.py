@@ -23,7 +23,7 @@ from tasks.core.params import (
     PhaseParams,
     load_stage_params,
 )
-from tasks.core.report import publish_report, write_report
+from tasks.core.report import finish_report
 from tasks.datasets.build import DatasetDirs, build_datasets, load_base_tokenizer
 
 
@@ -51,10 +51,7 @@ def datasets_flow(
         paths.orpo,
     )
     report = build(dirs, params, phases, mix)
-    report["wall_s"] = round(time.monotonic() - started, 2)
-    write_report(paths.reports, "datasets", report)
-    publish_report("datasets", report)
-    return report
+    return finish_report(paths.reports, "datasets", report, started)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from prefect import flow, task
 
 from flows import run_name
 from tasks.core.params import MarkdownParams, PathsParams, load_stage_params
-from tasks.core.report import publish_report, write_report
+from tasks.core.report import finish_report
 from tasks.markdown.build import build_markdown
 
 
@@ -30,10 +30,7 @@ def markdown_flow(paths: PathsParams, params: MarkdownParams) -> dict[str, Any]:
     """Convert each crawled page's main content into Markdown with front matter."""
     started = time.monotonic()
     report = convert(paths, params)
-    report["wall_s"] = round(time.monotonic() - started, 2)
-    write_report(paths.reports, "markdown", report)
-    publish_report("markdown", report)
-    return report
+    return finish_report(paths.reports, "markdown", report, started)
 
 
 if __name__ == "__main__":

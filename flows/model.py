@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from flows import run_name
 from tasks.core.io import promote_folder, staging_folder
 from tasks.core.params import ModelParams, PathsParams, load_stage_params
-from tasks.core.report import publish_report, write_report
+from tasks.core.report import finish_report
 from tasks.model.base import (
     ModelSource,
     check_agreement,
@@ -56,9 +56,7 @@ def model_flow(paths: PathsParams, params: ModelParams) -> dict[str, Any]:
         }
         report |= describe_model_folder(staging)
         report["verification"] = verify(source, staging, params.verify_tokens)
-        report["wall_s"] = round(time.monotonic() - started, 2)
-        write_report(paths.reports, "model", report)
-        publish_report("model", report)
+        finish_report(paths.reports, "model", report, started)
         check_agreement(report["verification"], params.min_argmax_agreement)
         promote_folder(staging, paths.base_model)
     return report

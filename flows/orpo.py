@@ -8,6 +8,9 @@ model/ unless `orpo.model` names one) and data/orpo. Writes models/orpo/ (train.
 export.yaml, adapter/ for LoRA, model/: the merged model), the run's checkpoints under
 `orpo.checkpoints` (kept, so a killed run resumes), reports/orpo.json, reports/orpo_loss.csv
 and reports/orpo_margins.csv (chosen - rejected reward per step; DVC plots).
+A set with fewer rows than `datasets.min_examples` is not trained on: the stage passes its
+starting model on as model/ and its report says why (the set, its size, what the datasets
+stage dropped, and the fix).
 """
 
 from __future__ import annotations
@@ -21,13 +24,16 @@ from prefect import flow
 from flows import run_name
 from tasks.core.params import OrpoParams, PathsParams, load_stage_params
 from tasks.core.records import DOMAIN_PREF
-from tasks.core.report import publish_report, write_report
+from tasks.core.report import finish_report
 from tasks.finetune.llamafactory import (
     StageLayout,
     check_model_folder,
+    count_set_rows,
     describe_config,
+    describe_thin_set,
     export_model,
     extract_curve,
+    pass_model_on,
     prepare_run,
     read_dataset_names,
     read_train_results,
@@ -47,12 +53,20 @@ MARGINS = {
 
 
 @flow(name="orpo", flow_run_name=run_name("orpo"))
-def orpo_flow(paths: PathsParams, params: OrpoParams, sft_model: Path) -> dict[str, Any]:
+def orpo_flow(
+    paths: PathsParams, params: OrpoParams, sft_model: Path, min_examples: int = 1
+) -> dict[str, Any]:
     """Preference-train the SFT model with LlamaFactory's ORPO loss."""
     started = time.monotonic()
     model = check_model_folder(params.model or sft_model, "orpo.model", "sft")
     datasets = read_dataset_names(paths.orpo, [DOMAIN_PREF])
     layout = StageLayout(params.output, params.checkpoints)
+    rows = count_set_rows(paths.orpo, DOMAIN_PREF)
+    if rows < min_examples:
+        reason = describe_thin_set(paths.orpo, DOMAIN_PREF, rows, min_examples)
+        write_curve(paths.reports / "orpo_loss.csv", [], ["loss"])
+        write_curve(paths.reports / "orpo_margins.csv", [], list(MARGINS))
+        return finish_report(paths.reports, "orpo", pass_model_on(layout, model, reason), started)
     config = render_train_config(
         "dpo",
         model,
@@ -79,12 +93,9 @@ def orpo_flow(paths: PathsParams, params: OrpoParams, sft_model: Path) -> dict[s
     )
     report["pref_beta"] = config.get("pref_beta")
     report["margin"] = summarize_curve([r["margin"] for r in margins])
-    report["wall_s"] = round(time.monotonic() - started, 2)
-    write_report(paths.reports, "orpo", report)
-    publish_report("orpo", report)
-    return report
+    return finish_report(paths.reports, "orpo", report, started)
 
 
 if __name__ == "__main__":
     params = load_stage_params()
-    orpo_flow(params.paths, params.orpo, params.sft.output / "model")
+    orpo_flow(params.paths, params.orpo, params.sft.output / "model", params.datasets.min_examples)

@@ -8,6 +8,9 @@ Writes models/sft/ (train.yaml, export.yaml, adapter/ for LoRA, model/: the merg
 transformers loads), the run's checkpoints under `sft.checkpoints` (kept, so a killed run
 resumes), reports/sft.json and reports/sft_loss.csv (DVC plot). LlamaFactory's output is
 streamed into the Prefect run log; a NaN loss stops the stage.
+A set with fewer rows than `datasets.min_examples` is not trained on: the stage passes its
+starting model on as model/ and its report says why (the set, its size, what the datasets
+stage dropped, and the fix).
 """
 
 from __future__ import annotations
@@ -21,13 +24,16 @@ from prefect import flow
 from flows import run_name
 from tasks.core.params import PathsParams, SftParams, load_stage_params
 from tasks.core.records import DOMAIN_SFT, GENERAL_SFT
-from tasks.core.report import publish_report, write_report
+from tasks.core.report import finish_report
 from tasks.finetune.llamafactory import (
     StageLayout,
     check_model_folder,
+    count_set_rows,
     describe_config,
+    describe_thin_set,
     export_model,
     extract_curve,
+    pass_model_on,
     prepare_run,
     read_dataset_names,
     read_train_results,
@@ -45,6 +51,7 @@ def sft_flow(
     params: SftParams,
     cpt_model: Path,
     general_ratio: float,
+    min_examples: int = 1,
     hub: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune on the domain Q/A (mixed with a general instruction set) with LlamaFactory."""
@@ -52,6 +59,11 @@ def sft_flow(
     model = check_model_folder(params.model or cpt_model, "sft.model", "cpt")
     datasets = read_dataset_names(paths.sft, [DOMAIN_SFT], optional=[GENERAL_SFT])
     layout = StageLayout(params.output, params.checkpoints)
+    rows = count_set_rows(paths.sft, DOMAIN_SFT)
+    if rows < min_examples:
+        reason = describe_thin_set(paths.sft, DOMAIN_SFT, rows, min_examples)
+        write_curve(paths.reports / "sft_loss.csv", [], ["loss"])
+        return finish_report(paths.reports, "sft", pass_model_on(layout, model, reason), started)
     mix = render_mix(datasets, params.train, general_ratio)
     config = render_train_config(
         "sft",
@@ -75,10 +87,7 @@ def sft_flow(
     report = describe_config(config) | summarize_run(
         history, read_train_results(layout.checkpoints)
     )
-    report["wall_s"] = round(time.monotonic() - started, 2)
-    write_report(paths.reports, "sft", report)
-    publish_report("sft", report)
-    return report
+    return finish_report(paths.reports, "sft", report, started)
 
 
 if __name__ == "__main__":
@@ -89,5 +98,6 @@ if __name__ == "__main__":
         params.sft,
         cpt.output / cpt.phases[-1].name,
         params.datasets.general_sft.ratio,
+        params.datasets.min_examples,
         hub=params.needs_hub("sft"),
     )

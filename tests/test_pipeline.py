@@ -4,12 +4,15 @@ OpenAI-compatible endpoint on 127.0.0.1 (the fake server: real wire format, scri
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -72,7 +75,7 @@ def run_dvc(repo: Path, api: str, *args: str) -> subprocess.CompletedProcess[str
     )
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def endpoint() -> Iterator[FakeOpenAI]:
     with serve_fake_openai() as fake:
         fake.responder = lambda body: ok(scripted_reply(body["messages"]))
@@ -89,33 +92,52 @@ def point_params_at(repo: Path, site: str, endpoint: FakeOpenAI) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def test_dvc_repro_twice_second_run_executes_nothing(
-    tmp_path: Path, prefect_api: str, endpoint: FakeOpenAI
-) -> None:
-    repo = tmp_path / "repo"
+@dataclass
+class Pipeline:
+    repo: Path
+    api: str
+    endpoint: FakeOpenAI
+    first: subprocess.CompletedProcess[str]
+
+
+@pytest.fixture(scope="module")
+def pipeline(
+    tmp_path_factory: pytest.TempPathFactory, prefect_api: str, endpoint: FakeOpenAI
+) -> Iterator[Pipeline]:
+    """A fresh copy of the repo, pointed at the served site and the fake endpoint, after its
+    first `dvc repro`; the site stays served while the module's tests run."""
+    repo = tmp_path_factory.mktemp("pipeline") / "repo"
     copy_repo(repo)
     with serve_directory(FIXTURE_SITE, port=free_port()) as site:
         point_params_at(repo, site, endpoint)
+        yield Pipeline(repo, prefect_api, endpoint, run_dvc(repo, prefect_api, "repro"))
 
-        first = run_dvc(repo, prefect_api, "repro")
-        assert first.returncode == 0, first.stdout + first.stderr
-        for stage in STAGES:
-            assert f"Running stage '{stage}'" in first.stdout
-        calls = len(endpoint.chat_requests)
-        assert calls > 0
 
-        second = run_dvc(repo, prefect_api, "repro")
-        assert second.returncode == 0, second.stdout + second.stderr
-        assert "Running stage" not in second.stdout
-        assert "didn't change, skipping" in second.stdout
+def test_dvc_repro_twice_second_run_executes_nothing(pipeline: Pipeline) -> None:
+    repo, prefect_api, endpoint, first = (
+        pipeline.repo,
+        pipeline.api,
+        pipeline.endpoint,
+        pipeline.first,
+    )
+    assert first.returncode == 0, first.stdout + first.stderr
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in first.stdout
+    calls = len(endpoint.chat_requests)
+    assert calls > 0
 
-        # A forced re-crawl of the unchanged site leaves data/raw byte-identical,
-        # so the markdown stage has nothing to do.
-        forced = run_dvc(repo, prefect_api, "repro", "-f", "crawl")
-        assert forced.returncode == 0, forced.stdout + forced.stderr
-        after = run_dvc(repo, prefect_api, "status")
-        assert "changed" not in after.stdout, after.stdout
-        assert len(endpoint.chat_requests) == calls  # nothing reran, nothing was paid twice
+    second = run_dvc(repo, prefect_api, "repro")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "Running stage" not in second.stdout
+    assert "didn't change, skipping" in second.stdout
+
+    # A forced re-crawl of the unchanged site leaves data/raw byte-identical,
+    # so the markdown stage has nothing to do.
+    forced = run_dvc(repo, prefect_api, "repro", "-f", "crawl")
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    after = run_dvc(repo, prefect_api, "status")
+    assert "changed" not in after.stdout, after.stdout
+    assert len(endpoint.chat_requests) == calls  # nothing reran, nothing was paid twice
 
     pages = sorted((repo / "data" / "markdown").glob("*.md"))
     site_pages = list(FIXTURE_SITE.glob("*.html"))
@@ -132,6 +154,9 @@ def test_dvc_repro_twice_second_run_executes_nothing(
     }
     ran = sorted(flow_names[r["flow_id"]] for r in runs if r["state_type"] == "COMPLETED")
     assert ran == sorted([*(s.split("@")[0] for s in STAGES), "crawl"]), states
+    # Runs are named for people browsing the history: stage (and phase), revision, time.
+    names = {r["name"].split(" ")[0] for r in runs}
+    assert names == {*STAGES}, names
     pairs = (repo / "data" / "qa" / "pairs.jsonl").read_text().splitlines()
     triples = (repo / "data" / "pref" / "triples.jsonl").read_text().splitlines()
     assert pairs and triples
@@ -139,3 +164,36 @@ def test_dvc_repro_twice_second_run_executes_nothing(
     assert cpt_docs and (repo / "data" / "sft" / "dataset_info.json").is_file()
     for stage in ("cpt/long", "sft/model", "orpo/model"):
         assert (repo / "models" / stage / "config.json").is_file(), stage
+    assert json.loads((repo / "reports" / "orpo.json").read_text()).get("skipped") is None
+
+
+def unusable_triples(body: dict[str, Any]) -> Any:
+    """Good points and Q/A, but every preference-triple reply malformed (no <GOOD>/<BAD>)."""
+    user = body["messages"][-1]["content"]
+    if "Main point: " in user and "<POINT> main point <END>" not in user:
+        return ok("<QUE> Is that so? <END>\n")
+    return ok(scripted_reply(body["messages"]))
+
+
+def test_an_empty_preference_set_completes_the_pipeline_with_orpo_skipped(
+    pipeline: Pipeline,
+) -> None:
+    repo = pipeline.repo
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["synth"]["endpoint"]["sampling"]["temperature"] = 0.5  # new calls, not the cached ones
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    pipeline.endpoint.responder = unusable_triples
+
+    run = run_dvc(repo, pipeline.api, "repro")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Running stage 'orpo'" in run.stdout
+    assert "Running stage 'sft'" not in run.stdout  # the Q/A, so data/sft, did not change
+    assert (repo / "data" / "pref" / "triples.jsonl").read_text() == ""
+    datasets = json.loads((repo / "reports" / "datasets.json").read_text())
+    assert datasets["below_minimum"] == {"orpo": 0}
+    orpo = json.loads((repo / "reports" / "orpo.json").read_text())
+    assert orpo["skipped"] is True and orpo["model_passed_on_from"] == "models/sft/model"
+    assert "set docs_pref has 0 row(s)" in orpo["reason"]
+    sft_model, orpo_model = repo / "models" / "sft" / "model", repo / "models" / "orpo" / "model"
+    for path in sft_model.iterdir():
+        assert (orpo_model / path.name).read_bytes() == path.read_bytes(), path.name

@@ -51,3 +51,17 @@ def detect_encoding(data: bytes, declared: str | None = None) -> str:
         if found:
             return found
     return "utf-8"
+
+
+def choose_encoding(data: bytes, declared: str | None = None) -> tuple[str, str]:
+    """The encoding to read a page with, and how sure it is: `declared` when the sniffed one
+    decodes every byte, `guessed` when it does not but a likely other one (UTF-8, then
+    Windows-1252) does, `damaged` when none does and undecodable bytes will become U+FFFD."""
+    sniffed = detect_encoding(data, declared)
+    for n, name in enumerate(dict.fromkeys([sniffed, "utf-8", "cp1252"])):
+        try:
+            data.decode(name)
+        except UnicodeDecodeError:
+            continue
+        return name, "declared" if n == 0 else "guessed"
+    return sniffed, "damaged"

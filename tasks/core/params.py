@@ -6,8 +6,11 @@ typo fails before any work starts.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -37,7 +40,27 @@ def _http_url(value: str) -> str:
     return value
 
 
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"{value!r} is not a valid regular expression: {exc}") from None
+    return value
+
+
+def _css_selector(value: str) -> str:
+    from cssselect import GenericTranslator, SelectorError
+
+    try:
+        GenericTranslator().css_to_xpath(value)
+    except SelectorError as exc:
+        raise ValueError(f"{value!r} is not a valid CSS selector: {exc}") from None
+    return value
+
+
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
+Regex = Annotated[str, AfterValidator(_regex)]
+CssSelector = Annotated[str, AfterValidator(_css_selector)]
 EnvVarName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
@@ -70,7 +93,7 @@ class CrawlParams(Strict):
         default_factory=list,
         description="URL prefixes that may be fetched; empty means the start URLs' directories",
     )
-    exclude: list[str] = Field(default_factory=list, description="regexes of URLs never fetched")
+    exclude: list[Regex] = Field(default_factory=list, description="regexes of URLs never fetched")
     max_pages: int = Field(1000, ge=1)
     max_depth: int | None = Field(None, ge=0)
     requests_per_second: float | None = Field(
@@ -79,16 +102,60 @@ class CrawlParams(Strict):
     concurrency: int = Field(4, ge=1, le=64)
     user_agent: str = Field("docs2model-crawler/0.1", min_length=1)
     timeout_s: float = Field(10.0, gt=0)
+    request_deadline_s: float = Field(
+        30.0,
+        gt=0,
+        description="most seconds one request may take in all (connect, headers, body); a body "
+        "sent slowly enough never trips timeout_s, which applies to each read. At least timeout_s",
+    )
     retries: int = Field(3, ge=0, le=10)
     backoff_s: float = Field(0.5, ge=0, description="first retry delay, doubled each retry")
     backoff_max_s: float = Field(30.0, ge=0)
     max_page_bytes: int = Field(5_000_000, ge=1024)
+    max_sitemap_bytes: int = Field(
+        50_000_000,
+        ge=1024,
+        description="cap on a sitemap after decompression (the sitemap protocol allows 50 MB); "
+        "the URLs before the cap are used and the sitemap is reported as capped",
+    )
+    max_robots_bytes: int = Field(
+        512_000,
+        ge=512_000,
+        description="robots.txt is parsed up to this many bytes and the rest ignored; RFC 9309 "
+        "asks crawlers to parse at least 500 KiB",
+    )
+    max_crawl_delay_s: float = Field(
+        30.0,
+        gt=0,
+        description="a robots.txt Crawl-delay above this is lowered to it (logged and reported)",
+    )
+    max_duration_s: float | None = Field(
+        None,
+        gt=0,
+        description="time budget: a crawl whose rate limit cannot fetch max_pages within it "
+        "stops before fetching pages; null = no budget",
+    )
+    max_removed_fraction: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="a re-crawl that would remove more than this share of the known pages "
+        "stops before changing anything (`python -m flows.crawl --force` accepts it once)",
+    )
     respect_robots: bool = True
     use_sitemap: bool = True
     max_url_length: int = Field(512, ge=32)
     max_path_segments: int = Field(12, ge=1, description="trap guard: deeper paths are skipped")
     max_segment_repeats: int = Field(
         3, ge=1, description="trap guard: paths repeating one segment more often are skipped"
+    )
+    max_urls_per_pattern: int | None = Field(
+        25,
+        ge=1,
+        description="trap guard: new URLs of one pattern (the URL with query values and digits "
+        "abstracted, e.g. /cal?d=*) found on pages of that same pattern; more are skipped as "
+        "trap_pattern. URLs listed on another page (release notes on an index) do not count; "
+        "null = no limit",
     )
     auth_header_env: EnvVarName | None = Field(
         None, description="name of an env var whose value is sent as the Authorization header"
@@ -99,6 +166,16 @@ class CrawlParams(Strict):
         if not self.scope:
             dirs = sorted({u[: u.rindex("/") + 1] for u in self.start_urls})
             object.__setattr__(self, "scope", dirs)
+        return self
+
+    @model_validator(mode="after")
+    def _deadline_covers_a_read(self) -> CrawlParams:
+        if self.request_deadline_s < self.timeout_s:
+            raise ValueError(
+                f"request_deadline_s ({self.request_deadline_s}) is shorter than timeout_s "
+                f"({self.timeout_s}), so a single slow read could never time out on its own; "
+                "raise crawl.request_deadline_s to at least crawl.timeout_s"
+            )
         return self
 
     @model_validator(mode="after")
@@ -125,7 +202,9 @@ class CrawlParams(Strict):
 
 class MarkdownParams(Strict):
     content_selector: str | None = Field(None, description="CSS selector of the main content")
-    drop_selectors: list[str] = Field(default_factory=list, description="extra chrome to remove")
+    drop_selectors: list[CssSelector] = Field(
+        default_factory=list, description="extra chrome to remove"
+    )
     product_pattern: str | None = Field(None, description="regex; group 1 is the product name")
     version_pattern: str | None = Field(None, description="regex; group 1 is the version")
     readability_min_recall: float = Field(0.9, gt=0, le=1)
@@ -142,6 +221,16 @@ class MarkdownParams(Strict):
         if value is not None and not value.strip():
             raise ValueError("must be non-empty or null")
         return value
+
+    @field_validator("product_pattern", "version_pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        return None if value is None else _regex(value)
+
+    @field_validator("content_selector")
+    @classmethod
+    def _selector(cls, value: str | None) -> str | None:
+        return None if value is None else _css_selector(value)
 
 
 class SamplingParams(Strict):
@@ -164,7 +253,13 @@ class EndpointParams(Strict):
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     concurrency: int = Field(4, ge=1, le=512)
     timeout_s: float = Field(120.0, gt=0)
-    retries: int = Field(4, ge=0, le=20)
+    retries: int = Field(
+        4,
+        ge=0,
+        le=20,
+        description="extra attempts for a request that timed out, lost its connection, got HTTP "
+        "408/409/429/5xx or a malformed reply; synth also re-asks a cut or refused reply as often",
+    )
 
     @model_validator(mode="after")
     def _key_present(self) -> EndpointParams:
@@ -244,6 +339,13 @@ class SynthParams(Strict):
     max_failed_fraction: float = Field(
         0.1, ge=0, le=1, description="the stage fails when more pages than this keep failing"
     )
+    cache_prune_unused_days: float | None = Field(
+        None,
+        ge=0,
+        description="replies in the cache that no call has used for this many days are deleted "
+        "at the end of a run within max_failed_fraction; null = every paid reply is kept (a "
+        "temporary params change never throws paid work away)",
+    )
     price_prompt_per_mtok: float | None = Field(None, ge=0, description="USD; null = no cost")
     price_completion_per_mtok: float | None = Field(None, ge=0, description="USD; null = no cost")
 
@@ -306,117 +408,169 @@ class PhaseParams(Strict):
     )
 
 
-class OffloadParams(Strict):
-    device: Literal["none", "cpu"] = "none"
-    pin_memory: bool = False
+# cpt.deepspeed is DeepSpeed's own JSON, merged key by key over these defaults: the keys the
+# trainer needs, with the values ds_config.json has always held, so an unchanged params.yaml
+# writes the same config (and its checkpoints still resume). An optimizer or scheduler block
+# naming another type replaces the default one whole, since its params are another function's.
+CPT_DEEPSPEED_DEFAULTS: dict[str, Any] = {
+    "train_micro_batch_size_per_gpu": 1,
+    "gradient_accumulation_steps": 1,
+    "gradient_clipping": 1.0,
+    "zero_optimization": {
+        "stage": 2,
+        "offload_optimizer": {"device": "none", "pin_memory": False},
+        "offload_param": {"device": "none", "pin_memory": False},
+        "overlap_comm": False,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": 500_000_000,
+    },
+    "bf16": {"enabled": False},
+    "fp16": {
+        "enabled": False,
+        "loss_scale": 0.0,  # dynamic loss scaling
+        "initial_scale_power": 16,
+        "loss_scale_window": 1000,
+        "hysteresis": 2,
+        "min_loss_scale": 1.0,
+    },
+    "optimizer": {
+        "type": "AdamW",
+        # torch's AdamW: none of DeepSpeed's compiled ones builds on CPU
+        "params": {
+            "lr": 3e-4,
+            "betas": [0.9, 0.95],
+            "eps": 1e-8,
+            "weight_decay": 0.1,
+            "torch_adam": True,
+        },
+    },
+    "scheduler": {
+        "type": "WarmupCosineLR",
+        "params": {
+            "warmup_num_steps": 10,
+            "warmup_type": "linear",
+            "warmup_min_ratio": 0.0,
+            "cos_min_ratio": 0.1,
+        },
+    },
+    "tensorboard": {"enabled": False},
+}
+# Schedulers that run for the phase's steps (the flow writes their total_num_steps), and those
+# that warm up over warmup_num_steps, which must fit in the phase.
+SCHEDULERS_WITH_TOTAL_STEPS = ("WarmupCosineLR", "WarmupDecayLR")
+WARMUP_SCHEDULERS = ("WarmupLR", *SCHEDULERS_WITH_TOTAL_STEPS)
+# Keys of DeepSpeed's JSON that the cpt flow writes per phase, with the reason; in
+# cpt.deepspeed they are an error, so the params never disagree with what ran.
+DEEPSPEED_FLOW_KEYS: dict[str, str] = {
+    "scheduler.params.total_num_steps": "the phase's steps: cpt.phases.<phase>.max_steps, or "
+    "cpt.epochs passes over its rows",
+    "tensorboard.job_name": "the phase's name, so that phases sharing an output_path stay apart",
+}
+_MISSING = object()
 
 
-class ZeroParams(Strict):
-    """DeepSpeed's `zero_optimization` block, key for key."""
-
-    stage: int = Field(2, ge=0, le=3)
-    offload_optimizer: OffloadParams = Field(default_factory=OffloadParams)
-    offload_param: OffloadParams = Field(
-        default_factory=OffloadParams, description="ZeRO stage 3 only"
-    )
-    overlap_comm: bool = False
-    contiguous_gradients: bool = True
-    reduce_bucket_size: int = Field(500_000_000, ge=1)
+def _same_kind(default: dict[str, Any], given: Any) -> bool:
+    """Whether `given` fills in the `default` block rather than replacing it (DeepSpeed reads
+    optimizer types in any case)."""
+    if not isinstance(given, dict) or "type" not in given or "type" not in default:
+        return True
+    return str(given["type"]).lower() == str(default["type"]).lower()
 
 
-class Bf16Params(Strict):
-    enabled: bool = False
+def _merge_deepspeed(
+    defaults: dict[str, Any], given: dict[str, Any], key: str = "cpt.deepspeed"
+) -> dict[str, Any]:
+    """`given` over `defaults`, object by object; any other given value replaces the default."""
+    merged = copy.deepcopy(defaults)
+    for name, value in given.items():
+        default = defaults.get(name)
+        if isinstance(default, dict) and _same_kind(default, value):
+            if not isinstance(value, dict):
+                raise ValueError(f"{key}.{name} must be a JSON object, got {value!r}")
+            merged[name] = _merge_deepspeed(default, value, f"{key}.{name}")
+        else:
+            merged[name] = copy.deepcopy(value)
+    return merged
 
 
-class Fp16Params(Strict):
-    """DeepSpeed's `fp16` block: dynamic loss scaling unless loss_scale > 0."""
-
-    enabled: bool = False
-    loss_scale: float = Field(0, ge=0, description="0 = dynamic loss scaling")
-    initial_scale_power: int = Field(16, ge=0, le=32)
-    loss_scale_window: int = Field(1000, ge=1)
-    hysteresis: int = Field(2, ge=1)
-    min_loss_scale: float = Field(1, gt=0)
+def _lookup(config: dict[str, Any], key: str) -> Any:
+    value: Any = config
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
 
 
-class AdamWParams(Strict):
-    lr: float = Field(3e-4, gt=0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = Field(1e-8, gt=0)
-    weight_decay: float = Field(0.1, ge=0)
-    torch_adam: bool = Field(
-        True, description="torch's AdamW instead of DeepSpeed's compiled ones (none build on CPU)"
-    )
-
-    @field_validator("betas")
-    @classmethod
-    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
-        if not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"betas must lie in [0, 1), got {list(betas)}")
-        return betas
+def _is_count(value: Any, low: int, high: int | None = None) -> bool:
+    if not isinstance(value, int) or isinstance(value, bool):
+        return False
+    return value >= low and (high is None or value <= high)
 
 
-class OptimizerParams(Strict):
-    type: Literal["AdamW"] = "AdamW"
-    params: AdamWParams = Field(default_factory=AdamWParams)
+def _is_number(value: Any, low: float, *, above: bool = False) -> bool:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    return value > low if above else value >= low
 
 
-class WarmupCosineParams(Strict):
-    """WarmupCosineLR's arguments; total_num_steps is filled in per phase."""
-
-    warmup_num_steps: int = Field(
-        10, ge=2, description="DeepSpeed warms up over at least 2 steps whatever is set"
-    )
-    warmup_type: Literal["linear", "log"] = "linear"
-    warmup_min_ratio: float = Field(0.0, ge=0, le=1)
-    cos_min_ratio: float = Field(0.1, ge=0, le=1)
-
-
-class SchedulerParams(Strict):
-    type: Literal["WarmupCosineLR"] = "WarmupCosineLR"
-    params: WarmupCosineParams = Field(default_factory=WarmupCosineParams)
+def _looks_like_a_number(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
-class TensorBoardParams(Strict):
-    """DeepSpeed's `tensorboard` monitor; output_path null = <checkpoints>/<phase>/tensorboard."""
-
-    enabled: bool = False
-    output_path: str | None = None
-
-    @model_validator(mode="after")
-    def _installed(self) -> TensorBoardParams:
-        if self.enabled and importlib.util.find_spec("tensorboard") is None:
-            raise ValueError(
-                "enabled needs the tensorboard package, which is not installed "
-                "(pip install tensorboard, or set enabled: false)"
-            )
-        return self
+def _require(ds: dict[str, Any], key: str, ok: Callable[[Any], bool], allowed: str) -> Any:
+    value = _lookup(ds, key)
+    if value is _MISSING:
+        raise ValueError(f"cpt.deepspeed.{key} is missing: it must be {allowed}")
+    if not ok(value):
+        # YAML 1.1 reads 1e-4 (no dot) as a string: an easy slip in a pasted config.
+        hint = "; YAML reads 1e-4 as a string, write 1.0e-4" if _looks_like_a_number(value) else ""
+        raise ValueError(f"cpt.deepspeed.{key} must be {allowed}, got {value!r}{hint}")
+    return value
 
 
-class DeepSpeedParams(Strict):
-    """Written into each phase's ds_config.json under DeepSpeed's own key names."""
+def _check_deepspeed(ds: dict[str, Any]) -> None:
+    """The keys of DeepSpeed's JSON that the flow, the trainer and the bench read; DeepSpeed
+    checks the rest when it starts."""
+    for key, why in DEEPSPEED_FLOW_KEYS.items():
+        if _lookup(ds, key) is not _MISSING:
+            raise ValueError(f"cpt.deepspeed.{key} is set by the flow ({why}); remove it")
+    for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
+        _require(ds, key, lambda v: _is_count(v, 1), "an integer >= 1")
+    _require(ds, "gradient_clipping", lambda v: _is_number(v, 0), "a number >= 0 (0 = no clipping)")
+    _require(ds, "optimizer.params.lr", lambda v: _is_number(v, 0, above=True), "a number > 0")
+    _require(ds, "zero_optimization.stage", lambda v: _is_count(v, 0, 3), "0, 1, 2 or 3")
+    for key in ("bf16.enabled", "fp16.enabled", "tensorboard.enabled"):
+        _require(ds, key, lambda v: isinstance(v, bool), "true or false")
+    if ds["scheduler"].get("type") in WARMUP_SCHEDULERS:
+        # DeepSpeed warms up over at least 2 steps whatever is set.
+        _require(
+            ds, "scheduler.params.warmup_num_steps", lambda v: _is_count(v, 2), "an integer >= 2"
+        )
+    _check_deepspeed_combinations(ds)
 
-    train_micro_batch_size_per_gpu: int = Field(1, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    gradient_clipping: float = Field(1.0, ge=0, description="0 = no clipping")
-    zero_optimization: ZeroParams = Field(default_factory=ZeroParams)
-    bf16: Bf16Params = Field(default_factory=Bf16Params)
-    fp16: Fp16Params = Field(default_factory=Fp16Params)
-    optimizer: OptimizerParams = Field(default_factory=OptimizerParams)
-    scheduler: SchedulerParams = Field(default_factory=SchedulerParams)
-    tensorboard: TensorBoardParams = Field(default_factory=TensorBoardParams)
-    steps_per_print: int | None = Field(
-        None, ge=1, description="DeepSpeed's own progress line; null = DeepSpeed's default"
-    )
 
-    @model_validator(mode="after")
-    def _consistent(self) -> DeepSpeedParams:
-        if self.bf16.enabled and self.fp16.enabled:
-            raise ValueError("bf16.enabled and fp16.enabled are exclusive")
-        zero = self.zero_optimization
-        if zero.offload_param.device != "none" and zero.stage != 3:
-            raise ValueError("zero_optimization.offload_param needs zero_optimization.stage 3")
-        return self
+def _check_deepspeed_combinations(ds: dict[str, Any]) -> None:
+    if ds["bf16"]["enabled"] and ds["fp16"]["enabled"]:
+        raise ValueError("cpt.deepspeed.bf16.enabled and cpt.deepspeed.fp16.enabled are exclusive")
+    zero = ds["zero_optimization"]
+    offload, stage = zero["offload_param"].get("device"), zero["stage"]
+    if offload not in (None, "none") and stage != 3:
+        raise ValueError(
+            f"cpt.deepspeed.zero_optimization.offload_param.device {offload!r} needs "
+            f"cpt.deepspeed.zero_optimization.stage 3, got {stage}"
+        )
+    if ds["tensorboard"]["enabled"] and importlib.util.find_spec("tensorboard") is None:
+        raise ValueError(
+            "cpt.deepspeed.tensorboard.enabled needs the tensorboard package, which is not "
+            "installed (pip install tensorboard, or set enabled: false)"
+        )
 
 
 def _phases_by_name(raw: Any) -> Any:
@@ -474,7 +628,11 @@ class CptParams(Strict):
     max_nonfinite_in_row: int = Field(
         3, ge=1, description="non-finite losses in a row (each one skipped) that stop the run"
     )
-    deepspeed: DeepSpeedParams = Field(default_factory=DeepSpeedParams)
+    deepspeed: dict[str, Any] = Field(
+        default_factory=lambda: copy.deepcopy(CPT_DEEPSPEED_DEFAULTS),
+        description="DeepSpeed's JSON, key for key, over CPT_DEEPSPEED_DEFAULTS; the flow adds "
+        "the schedule's length and writes it to <output>/<phase>/ds_config.json",
+    )
 
     @field_validator("phases", mode="before")
     @classmethod
@@ -488,6 +646,13 @@ class CptParams(Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"phase names must be distinct, got {names}")
         return phases
+
+    @field_validator("deepspeed")
+    @classmethod
+    def _deepspeed_over_defaults(cls, given: dict[str, Any]) -> dict[str, Any]:
+        merged = _merge_deepspeed(CPT_DEEPSPEED_DEFAULTS, given)
+        _check_deepspeed(merged)
+        return merged
 
     @model_validator(mode="after")
     def _phases_chain(self) -> CptParams:
@@ -544,8 +709,11 @@ class CptParams(Strict):
                 "sequence_parallel > 1 needs cross_document_attention: true (ring attention "
                 "is causal over the whole row and takes no document mask)"
             )
-        if not (self.deepspeed.bf16.enabled or self.deepspeed.fp16.enabled):
-            raise ValueError("sequence_parallel > 1 needs deepspeed.bf16 or deepspeed.fp16")
+        if not (self.deepspeed["bf16"]["enabled"] or self.deepspeed["fp16"]["enabled"]):
+            raise ValueError(
+                "sequence_parallel > 1 needs cpt.deepspeed.bf16.enabled or "
+                "cpt.deepspeed.fp16.enabled: flash-attn's kernels take half precision only"
+            )
         for phase in self.phases:
             if phase.seq_len % (2 * ring):
                 raise ValueError(
@@ -647,6 +815,19 @@ class DatasetsParams(Strict):
         min_length=1,
     )
     general_sft: GeneralSftParams = Field(default_factory=GeneralSftParams)
+    min_examples: int = Field(
+        1,
+        ge=1,
+        description="a training set (SFT pairs, preference triples) with fewer rows is "
+        "reported here, and its stage (sft, orpo) is skipped: the model it started from "
+        "passes on unchanged, and the stage's report says why",
+    )
+    orpo_balance: Literal["keep", "drop"] = Field(
+        "keep",
+        description="keep = every preference triple, the achieved competency mix reported "
+        "against synth.competency_mix; drop = only the largest subset that follows the "
+        "mix exactly (the rest go to the exclusions file)",
+    )
 
 
 # Keys of LlamaFactory's YAML that the sft and orpo flows write themselves, with the reason; in
@@ -778,9 +959,26 @@ def _format_errors(section: str, err: ValidationError) -> str:
     return "invalid params.yaml:\n  " + "\n  ".join(lines)
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the
+    last value silently, so an edit higher up the file would be ignored)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (line {line})", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_params_file(path: Path = PARAMS_FILE) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
     except FileNotFoundError as exc:
         raise ParamsError(f"{path} not found (run from the repository root)") from exc
     except yaml.YAMLError as exc:
@@ -817,6 +1015,18 @@ class Params(Strict):
     sft: SftParams = Field(default_factory=SftParams)
     orpo: OrpoParams = Field(default_factory=OrpoParams)
 
+    def check_inside(self, root: Path) -> Params:
+        """Every path of `paths:` inside the repository at `root`: the stages write there, and
+        DVC tracks only what lies inside its repository."""
+        root = root.resolve()
+        for name, value in self.paths:
+            if not (root / value).resolve().is_relative_to(root):
+                raise ParamsError(
+                    f"invalid params.yaml: paths.{name} ({value}) points outside the "
+                    f"repository ({root}); use a path inside it (DVC tracks only those)"
+                )
+        return self
+
     @model_validator(mode="after")
     def _first_phase_starts_from_the_base_model(self) -> Params:
         first = self.cpt.phases[0]
@@ -847,7 +1057,7 @@ def read_params(path: Path = PARAMS_FILE) -> Params:
     data = read_params_file(path)
     sections = {name: parse_section(name, data[name], STAGES[name]) for name in data}
     try:
-        return Params.model_validate(sections)
+        return Params.model_validate(sections).check_inside(path.parent)
     except ValidationError as exc:
         message = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
         raise ParamsError(f"invalid params.yaml: {message}") from None

@@ -459,7 +459,16 @@ def write_orpo(
     orpo_dir: Path, train: list[Page], params: DatasetsParams, mix: Any, dropped: Dropped
 ) -> dict[str, Any]:
     triples = [t for page in train for t in page.triples]
-    kept, left = balance_competencies(triples, mix)
+    # Balancing deletes triples the endpoint was paid for; on a small site it can leave ORPO
+    # nothing to train on, so by default every triple stays and the mix is only reported.
+    kept, left = (
+        balance_competencies(triples, mix)
+        if params.orpo_balance == "drop"
+        else (
+            triples,
+            [],
+        )
+    )
     for triple in left:
         dropped.add("orpo", triple.id, triple.url, "competency_balance", triple.competency.value)
     rows = [render_pref_row(t, params.system_prompt) for t in kept]
@@ -477,6 +486,7 @@ def write_orpo(
         "triples": len(kept),
         "dropped_for_balance": len(left),
         "competency_mix": dict(sorted(Counter(t.competency.value for t in kept).items())),
+        "competency_target": mix.model_dump(),
         "kinds": dict(sorted(Counter(t.kind.value for t in kept).items())),
     }
 
@@ -549,12 +559,19 @@ def build_datasets(
     report["sft"] = write_sft(dirs.sft, train, params)
     report["orpo"] = write_orpo(dirs.orpo, train, params, mix, dropped)
     report["eval"] = write_eval(dirs.eval, held)
+    report["below_minimum"] = find_thin_sets(report, params.min_examples)
     write_exclusions(dirs, dropped)
     report["pii"] = {k: dict(sorted(v.items())) for k, v in sorted(dropped.pii.items())}
     report["dropped_by_reason"] = {
         k: dict(sorted(v.items())) for k, v in sorted(dropped.reasons.items())
     }
     return report
+
+
+def find_thin_sets(report: dict[str, Any], minimum: int) -> dict[str, int]:
+    """The training sets with fewer rows than datasets.min_examples: their stages will skip."""
+    sizes = {"sft": report["sft"]["domain_examples"], "orpo": report["orpo"]["triples"]}
+    return {name: size for name, size in sizes.items() if size < minimum}
 
 
 def summarize_corpus(corpus: Corpus, params: DatasetsParams) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,13 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.core.env import hub_env
 from tasks.core.hashing import hash_paths
-from tasks.core.io import promote_folder, read_jsonl, write_json_atomic, write_text_atomic
+from tasks.core.io import (
+    promote_folder,
+    read_jsonl,
+    staging_folder,
+    write_json_atomic,
+    write_text_atomic,
+)
 from tasks.core.procs import stream_process
 
 # The libraries' telemetry is off, and lines reach the Prefect log as they are printed. Hub
@@ -121,6 +128,36 @@ def read_dataset_names(
             f"{info_file} lists no {missing} (it has {sorted(info)}); run `dvc repro datasets`"
         )
     return [*required, *(name for name in optional if name in info)]
+
+
+def count_set_rows(dataset_dir: Path, name: str) -> int:
+    """Rows of one set of a dataset_dir, through its dataset_info.json entry (0 for a set
+    read from the hub: its size is only known once LlamaFactory downloads it)."""
+    info = json.loads((dataset_dir / "dataset_info.json").read_text("utf-8"))
+    file_name = info[name].get("file_name")
+    if file_name is None:
+        return 0
+    return len(json.loads((dataset_dir / file_name).read_text("utf-8")))
+
+
+def count_exclusions(dataset_dir: Path) -> dict[str, int]:
+    """What the datasets stage left out of this set, by reason."""
+    path = dataset_dir / "exclusions.jsonl"
+    if not path.is_file():
+        return {}
+    return dict(sorted(Counter(row["reason"] for row in read_jsonl(path)).items()))
+
+
+def describe_thin_set(dataset_dir: Path, name: str, rows: int, minimum: int) -> str:
+    """Why a stage does not train: the set, its size, what was dropped, and the fix."""
+    dropped = ", ".join(f"{n} {reason}" for reason, n in count_exclusions(dataset_dir).items())
+    return (
+        f"{dataset_dir}: set {name} has {rows} row(s), fewer than datasets.min_examples "
+        f"({minimum}); the datasets stage dropped {dropped or 'nothing'} "
+        f"({dataset_dir}/exclusions.jsonl), so synth kept too little. To train: give synth more "
+        "to work with (crawl.max_pages, crawl.max_depth), a stronger model behind "
+        "synth.endpoint, or lower datasets.min_examples"
+    )
 
 
 def render_mix(datasets: Sequence[str], train: Mapping[str, Any], ratio: float) -> dict[str, Any]:
@@ -357,6 +394,27 @@ def copy_adapter(run_dir: Path, adapter: Path) -> None:
 
 def write_config(path: Path, config: Mapping[str, Any], comment: str) -> None:
     write_text_atomic(path, render_yaml(config, comment))
+
+
+def link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or one without hard links
+        shutil.copy2(src, dst)
+
+
+@task(name="pass-model-on", cache_policy=NO_CACHE)
+def pass_model_on(layout: StageLayout, start: Path, reason: str) -> dict[str, Any]:
+    """A stage with nothing to train on: its model/ is the model it started from (hard links,
+    so the weights are not copied), so the next stage starts from the last model that exists;
+    returns the report that says so."""
+    get_run_logger().warning("skipping training: %s", reason)
+    if layout.output.exists():
+        shutil.rmtree(layout.output)
+    with staging_folder(layout.model) as staging:
+        shutil.copytree(start, staging, dirs_exist_ok=True, copy_function=link_or_copy)
+        promote_folder(staging, layout.model)
+    return {"skipped": True, "reason": reason, "model_passed_on_from": str(start)}
 
 
 @task(name="prepare-run", cache_policy=NO_CACHE)

@@ -19,7 +19,9 @@ from typing import Any
 import markdownify
 from tqdm import tqdm
 
+from tasks.core import documents, encoding
 from tasks.core.documents import render_document
+from tasks.core.encoding import choose_encoding
 from tasks.core.io import read_jsonl, write_bytes_atomic, write_json_atomic, write_jsonl_atomic
 from tasks.core.params import MarkdownParams
 from tasks.core.records import Exclusion, ManifestEntry, MarkdownDoc, PageStatus
@@ -41,6 +43,8 @@ class PageResult:
     drop_reason: str | None
     html_tokens: int
     md_tokens: int
+    encoding_check: str = "declared"  # declared, guessed or damaged (tasks.core.encoding)
+    replacement_chars: int = 0  # U+FFFD in the Markdown: text lost to a wrong encoding
 
 
 def read_manifest_pages(raw_dir: Path) -> list[ManifestEntry]:
@@ -52,7 +56,7 @@ def read_manifest_pages(raw_dir: Path) -> list[ManifestEntry]:
 def fingerprint_converter(params: MarkdownParams) -> str:
     """Changes when the params or the conversion code change, so outputs never go stale."""
     h = hashlib.sha256(params.model_dump_json().encode())
-    for module in (extract, convert):
+    for module in (extract, convert, encoding, documents):
         h.update(Path(module.__file__ or "").read_bytes())
     h.update(markdownify.__version__.encode() if hasattr(markdownify, "__version__") else b"")
     return h.hexdigest()
@@ -94,11 +98,12 @@ def _init_worker(tokenizer_file: str, raw_dir: Path, md_dir: Path, params: Markd
 def convert_and_write_page(entry: ManifestEntry, key: str) -> PageResult:
     """Convert one stored page and write its .md (in a worker process)."""
     html = (_worker["raw_dir"] / (entry.file or "")).read_bytes()
-    out = convert.convert_page(html, entry.url, _worker["params"], entry.encoding)
-    html_text = html.decode(entry.encoding or "utf-8", errors="replace")
+    charset, check = choose_encoding(html, entry.encoding)
+    out = convert.convert_page(html, entry.url, _worker["params"], charset)
+    html_text = html.decode(charset, errors="replace")
     html_tokens, md_tokens = count_tokens(_worker["tokenizer"], [html_text, out.markdown])
     if out.drop_reason:
-        return PageResult(entry.id, key, None, out.drop_reason, html_tokens, 0)
+        return PageResult(entry.id, key, None, out.drop_reason, html_tokens, 0, check)
     doc = MarkdownDoc(
         id=entry.id,
         url=entry.url,
@@ -110,7 +115,8 @@ def convert_and_write_page(entry: ManifestEntry, key: str) -> PageResult:
     )
     text = render_document(doc, out.markdown)
     write_bytes_atomic(_worker["md_dir"] / f"{entry.id}.md", text.encode("utf-8"))
-    return PageResult(entry.id, key, doc.model_dump(), None, html_tokens, md_tokens)
+    damage = out.markdown.count("\ufffd")
+    return PageResult(entry.id, key, doc.model_dump(), None, html_tokens, md_tokens, check, damage)
 
 
 def convert_pages(
@@ -167,6 +173,19 @@ def summarize(
         "html_tokens": html_tokens,
         "markdown_tokens": md_tokens,
         "markdown_to_html_token_ratio": round(md_tokens / html_tokens, 4) if html_tokens else 0,
+        "encoding": summarize_encodings(list(results.values())),
+    }
+
+
+def summarize_encodings(results: list[PageResult]) -> dict[str, Any]:
+    """Pages read with another encoding than declared, and text still lost (U+FFFD)."""
+    checks = Counter(r.encoding_check for r in results)
+    damaged = sorted(r.id for r in results if r.replacement_chars or r.encoding_check == "damaged")
+    return {
+        "guessed": checks["guessed"],
+        "damaged": checks["damaged"],
+        "replacement_chars": sum(r.replacement_chars for r in results),
+        "pages_with_replacement_chars": damaged,
     }
 
 

@@ -47,6 +47,10 @@ def test_shipped_params_are_valid() -> None:
         ({"crawl": {"timeout_s": "soon"}}, "crawl.timeout_s", "valid number"),
         ({"markdown": {"readability_min_recall": 1.5}}, "markdown.readability_min_recall", "1"),
         ({"markdown": {"content_selector": " "}}, "markdown.content_selector", "non-empty"),
+        ({"markdown": {"content_selector": "div[role="}}, "markdown.content_selector", "CSS"),
+        ({"markdown": {"drop_selectors": ["nav", "a::"]}}, "markdown.drop_selectors.1", "CSS"),
+        ({"markdown": {"product_pattern": "(Post"}}, "markdown.product_pattern", "regular exp"),
+        ({"crawl": {"exclude": ["ok", "[a-"]}}, "crawl.exclude.1", "regular expression"),
     ],
 )
 def test_bad_value_names_the_key(tmp_path: Path, override: dict, key: str, words: str) -> None:
@@ -106,3 +110,17 @@ def test_flow_command_reports_bad_params_without_starting_prefect(tmp_path: Path
     assert proc.returncode != 0
     assert "crawl.max_pages" in proc.stderr
     assert "Starting temporary server" not in proc.stderr
+
+
+def test_a_key_given_twice_is_rejected_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("crawl:\n  start_urls: [http://x/]\n  max_pages: 5\n  max_pages: 50\n")
+    with pytest.raises(ParamsError, match=r"key 'max_pages' is given twice \(line 4\)"):
+        load_params("crawl", CrawlParams, path)
+
+
+@pytest.mark.parametrize("outside", ["../elsewhere/raw", "/tmp/raw"])
+def test_a_path_outside_the_repository_is_rejected(tmp_path: Path, outside: str) -> None:
+    path = write_params(tmp_path, paths={"raw": outside})
+    with pytest.raises(ParamsError, match=r"paths.raw \(.*\) points outside the repository"):
+        load_params("crawl", CrawlParams, path)

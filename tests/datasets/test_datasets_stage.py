@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from tasks.core.io import read_jsonl, write_jsonl_atomic
 from tasks.core.packed import PAD_DOC, read_phase_meta, read_phase_rows
 from tasks.core.params import DatasetsParams
+from tasks.core.records import DOMAIN_PREF
 from tasks.datasets.build import interleave, split_pages
 from tests.support.datasets_inputs import (
     MIX,
@@ -136,13 +137,33 @@ def test_sets_are_in_llamafactory_layout_and_packed_rows_mark_documents(tmp_path
         assert lengths == {i: d["tokens"] + 1 for i, d in enumerate(docs)}
 
 
-def test_competency_balance_follows_the_target_mix(tmp_path: Path) -> None:
+def test_competency_balance_follows_the_target_mix_when_asked_to_drop(tmp_path: Path) -> None:
     dirs = write_inputs(tmp_path, [page_body(n) for n in range(20)])
-    report = build(dirs, eval_fraction=0.0)
+    report = build(dirs, eval_fraction=0.0, orpo_balance="drop")
     mix = report["orpo"]["competency_mix"]
     total = sum(mix.values())
     for tag, share in MIX.model_dump().items():
         assert abs(mix.get(tag, 0) - share * total) <= 1
+
+
+def test_every_triple_is_kept_by_default_and_the_mix_reported(tmp_path: Path) -> None:
+    dirs = write_inputs(tmp_path, [page_body(n) for n in range(20)])
+    report = build(dirs, eval_fraction=0.0)
+    orpo = report["orpo"]
+    assert orpo["triples"] == orpo["triples_in"] > 0 and orpo["dropped_for_balance"] == 0
+    assert orpo["competency_target"] == MIX.model_dump()
+    assert sum(orpo["competency_mix"].values()) == orpo["triples"]
+    assert len(json.loads((dirs.orpo / f"{DOMAIN_PREF}.json").read_text())) == orpo["triples"]
+
+
+def test_sets_below_the_minimum_are_reported(tmp_path: Path) -> None:
+    dirs = write_inputs(tmp_path, [page_body(n) for n in range(2)])
+    report = build(dirs, eval_fraction=0.0, min_examples=1000)
+    assert report["below_minimum"] == {
+        "sft": report["sft"]["domain_examples"],
+        "orpo": report["orpo"]["triples"],
+    }
+    assert build(dirs, eval_fraction=0.0)["below_minimum"] == {}
 
 
 def test_general_text_is_mixed_in_at_the_ratio(tmp_path: Path) -> None:

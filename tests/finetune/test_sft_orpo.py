@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ from typing import Any
 
 import psutil
 import pytest
+import torch
 import yaml
 
 from flows.orpo import orpo_flow
@@ -31,6 +33,7 @@ from tasks.core.params import (
     load_params,
     parse_section,
 )
+from tasks.core.records import DOMAIN_PREF
 from tasks.finetune.llamafactory import (
     FINGERPRINT_FILE,
     LlamaFactoryError,
@@ -470,3 +473,24 @@ def test_deepspeed_config_runs_through_torchrun(
     logs = run_logs(state)
     assert any("distributed training: True" in line for line in logs)
     assert generate(params.output / "model")
+
+
+def test_a_set_below_the_minimum_passes_the_model_on_and_says_why(
+    prefect: None, inputs: tuple[Path, Path, PathsParams], tmp_path: Path
+) -> None:
+    _, tiny, paths = inputs
+    empty = tmp_path / "orpo"
+    shutil.copytree(paths.orpo, empty)
+    (empty / f"{DOMAIN_PREF}.json").write_text("[]\n")
+    thin = paths.model_copy(update={"orpo": empty, "reports": tmp_path / "reports"})
+    params = orpo_params(tmp_path, tiny)
+    report = orpo_flow(thin, params, Path("unused"), min_examples=1)
+    assert report["skipped"] is True and report["model_passed_on_from"] == str(tiny)
+    reason = report["reason"]
+    assert f"set {DOMAIN_PREF} has 0 row(s)" in reason and "datasets.min_examples (1)" in reason
+    assert str(empty / "exclusions.jsonl") in reason
+    passed_on = weights(params.output / "model")
+    assert passed_on.keys() == weights(tiny).keys()
+    assert all(torch.equal(v, weights(tiny)[k]) for k, v in passed_on.items())
+    assert json.loads((tmp_path / "reports" / "orpo.json").read_text())["skipped"] is True
+    assert (tmp_path / "reports" / "orpo_loss.csv").read_text() == "step,loss\n"

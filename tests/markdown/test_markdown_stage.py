@@ -87,3 +87,24 @@ def test_params_change_reconverts_and_vanished_pages_are_removed(
     report = build_markdown(raw, md, selector, tokenizer_cache)
     assert report["pages_out"] == 3 and report["converted"] == 0
     assert len(list(md.glob("*.md"))) == 3
+
+
+def test_a_page_in_another_encoding_than_declared_is_read_right_and_damage_is_counted(
+    tmp_path: Path, tokenizer_cache: Path
+) -> None:
+    site = tmp_path / "site"
+    shutil.copytree(FIXTURE_SITE, site)
+    latin = site / "backup-file.html"  # declares UTF-8, but is saved as Windows-1252
+    text = latin.read_text("utf-8").replace("file system", "système de fichiers", 1)
+    latin.write_bytes(text.encode("cp1252", errors="xmlcharrefreplace"))
+    broken = site / "backup-dump.html"  # bytes no likely encoding decodes (0x81: none in 1252)
+    broken.write_bytes(broken.read_bytes().replace(b"pg_dump", b"pg_\x81\xffdump", 1))
+    crawl(site, tmp_path / "raw", free_port())
+    report = build_markdown(tmp_path / "raw", tmp_path / "md", PARAMS, tokenizer_cache)
+
+    assert report["encoding"]["guessed"] == 1 and report["encoding"]["damaged"] == 1
+    assert report["encoding"]["replacement_chars"] >= 1
+    bodies = {p.name: p.read_text() for p in (tmp_path / "md").glob("*.md")}
+    assert any("système de fichiers" in b for b in bodies.values())
+    damaged = report["encoding"]["pages_with_replacement_chars"]
+    assert [name for name, b in bodies.items() if "\ufffd" in b] == [f"{damaged[0]}.md"]
