@@ -26,12 +26,15 @@ apply_stage_defaults()
 
 
 def git_revision() -> str:
-    """The checkout's short commit, `+changes` when tracked files differ from it."""
+    """The checkout's short commit, `+changes` when tracked code or params differ from it."""
     try:
         rev = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], capture_output=True)
+        # Stages rewrite the tracked reports and dvc.lock as they run: not a code change.
+        paths = [".", ":(exclude)reports", ":(exclude)dvc.lock"]
+        diff = ["git", "diff", "--quiet", "HEAD", "--", *paths]
+        dirty = subprocess.run(diff, capture_output=True)
     except (OSError, subprocess.CalledProcessError):
         return "no-git"
     return rev + ("+changes" if dirty.returncode else "")

@@ -24,3 +24,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def docsite() -> Iterator[DocSite]:
     """A fresh local documentation site on 127.0.0.1 for crawler tests."""
     yield from serve_site()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One Prefect test server (a temporary database) for every flow test of the session: a
+    start costs 15 s or more on a busy 2-core machine."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

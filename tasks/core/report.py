@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -51,9 +52,11 @@ def publish_report(stage: str, report: dict[str, Any], timeout_s: float = 30.0) 
             key=f"{stage}-report", markdown=render_report_table(stage, report), description=stage
         )
 
-    # A daemon thread: a hung call must not keep the finished stage's process alive.
+    # A daemon thread: a hung call must not keep the finished stage's process alive. It runs in
+    # a copy of this context, where Prefect keeps the flow run the artifact belongs to.
     done: Future[None] = Future()
-    threading.Thread(target=run_into, args=(publish, done), daemon=True).start()
+    context = contextvars.copy_context()
+    threading.Thread(target=context.run, args=(run_into, publish, done), daemon=True).start()
     try:
         done.result(timeout=timeout_s)
         return True

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from tasks.core.report import render_report_table, write_report
+from tasks.core.report import publish_report, render_report_table, write_report
 
 
 def test_the_report_file_holds_every_number_and_the_table_flattens_them(tmp_path: Path) -> None:
@@ -42,3 +42,21 @@ def test_a_dead_prefect_api_costs_a_warning_not_the_stage(tmp_path: Path) -> Non
     assert "published False" in proc.stdout
     assert "not published to the Prefect UI" in proc.stderr
     assert time.monotonic() - started < 90
+
+
+def test_the_report_is_attached_to_the_stages_flow_run(prefect_harness: None) -> None:
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    @flow(name="report-test")
+    def stage() -> bool:
+        return publish_report("report-test", {"pages": 2})
+
+    state = stage(return_state=True)
+    assert state.result() is True
+    where = ArtifactFilter(key=ArtifactFilterKey(any_=["report-test-report"]))
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=where)
+    assert [a.flow_run_id for a in artifacts] == [state.state_details.flow_run_id]
+    assert "| pages | 2 |" in str(artifacts[0].data)

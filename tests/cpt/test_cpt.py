@@ -12,7 +12,6 @@ import math
 import os
 import re
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -605,14 +604,6 @@ def test_zigzag_ring_of_two_matches_one_process(tiny: Path, tmp_path: Path) -> N
 # ---- the flow ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def prefect() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness():
-        yield
-
-
 def flow_paths(root: Path) -> Any:
     from tasks.core.params import PathsParams
 
@@ -622,7 +613,7 @@ def flow_paths(root: Path) -> Any:
 
 
 def test_flow_writes_model_reports_and_resumes_when_rerun(
-    prefect: None, tiny: Path, tmp_path: Path
+    prefect_harness: None, tiny: Path, tmp_path: Path
 ) -> None:
     from flows.cpt import cpt_flow
 
@@ -674,7 +665,7 @@ def test_checkpoints_of_other_settings_or_inputs_are_cleared(tmp_path: Path) -> 
 
 
 @pytest.mark.slow
-def test_flow_chains_two_phases(prefect: None, tiny: Path, tmp_path: Path) -> None:
+def test_flow_chains_two_phases(prefect_harness: None, tiny: Path, tmp_path: Path) -> None:
     from flows.cpt import cpt_flow
     from tests.support.cpt_fixtures import write_tiny_phase
 
@@ -701,7 +692,9 @@ def cpt_flow_perplexity(model: Path, seq_len: int) -> dict[str, Any]:
     return measure_perplexity(model, HELD_OUT, seq_len)
 
 
-def test_flow_fails_before_training_without_packed_rows(prefect: None, tmp_path: Path) -> None:
+def test_flow_fails_before_training_without_packed_rows(
+    prefect_harness: None, tmp_path: Path
+) -> None:
     from flows.cpt import cpt_flow
 
     params = tiny_params(tmp_path)

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -251,14 +250,6 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def prefect() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, PathsParams]:
     root = tmp_path_factory.mktemp("lf")
     return root, write_tiny_model(root / "tiny"), write_sets(root / "data")
@@ -280,7 +271,7 @@ def run_logs(state: Any) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def stages(prefect: None, inputs: tuple[Path, Path, PathsParams]) -> dict[str, Any]:
+def stages(prefect_harness: None, inputs: tuple[Path, Path, PathsParams]) -> dict[str, Any]:
     """sft on the tiny model, then orpo from sft's merged model, as `dvc repro` chains them."""
     root, tiny, paths = inputs
     sft = sft_params(root, tiny)
@@ -382,7 +373,7 @@ def kill_when_saved(checkpoint_state: Path, killed: list[int]) -> None:
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(
-    prefect: None, inputs: tuple[Path, Path, PathsParams]
+    prefect_harness: None, inputs: tuple[Path, Path, PathsParams]
 ) -> None:
     # full fine-tuning here, so the export path without an adapter is covered too
     root, tiny, paths = inputs
@@ -419,7 +410,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(
 
 @pytest.mark.slow
 def test_stages_train_smollm2_on_the_cpu(
-    prefect: None, inputs: tuple[Path, Path, PathsParams]
+    prefect_harness: None, inputs: tuple[Path, Path, PathsParams]
 ) -> None:
     """The default model (models/base, SmolLM2-135M-Instruct) with the shipped CPU params,
     cut to a few steps: both stages finish with a finite, falling loss and a model that loads."""
@@ -453,7 +444,7 @@ def test_stages_train_smollm2_on_the_cpu(
 
 @pytest.mark.slow
 def test_deepspeed_config_runs_through_torchrun(
-    prefect: None, inputs: tuple[Path, Path, PathsParams]
+    prefect_harness: None, inputs: tuple[Path, Path, PathsParams]
 ) -> None:
     """sft.deepspeed is written beside train.yaml and launched through torchrun (ZeRO-2 on the
     CPU; the first run JIT-compiles DeepSpeed's shared-memory op, ~1 min)."""
@@ -476,7 +467,7 @@ def test_deepspeed_config_runs_through_torchrun(
 
 
 def test_a_set_below_the_minimum_passes_the_model_on_and_says_why(
-    prefect: None, inputs: tuple[Path, Path, PathsParams], tmp_path: Path
+    prefect_harness: None, inputs: tuple[Path, Path, PathsParams], tmp_path: Path
 ) -> None:
     _, tiny, paths = inputs
     empty = tmp_path / "orpo"
