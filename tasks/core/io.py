@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -22,6 +23,24 @@ def read_umask() -> int:
 UMASK = read_umask()
 
 
+class DiskFull(OSError):
+    """A write found no space left: the message names the file and the free space."""
+
+
+def raise_if_disk_full(exc: OSError, path: Path) -> None:
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 1e6:.1f} MB free"
+    except OSError:
+        free = "free space unknown"
+    raise DiskFull(
+        exc.errno,
+        f"{path}: no space left on the device ({free}); nothing half-written was left, and "
+        "what earlier steps finished is kept: free some space and rerun",
+    ) from exc
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write `data` to `path` so a reader sees the old file or the new one, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,8 +52,10 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise_if_disk_full(exc, path)
         raise
 
 

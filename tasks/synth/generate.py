@@ -626,7 +626,17 @@ async def synthesize_pages(
             logger.info(render_page_line(outcome, replayed is not None))
             return outcome
 
-        return list(await asyncio.gather(*(one(w) for w in works)))
+        # A page's endpoint failures come back as its outcome; anything raised here (a full
+        # disk, a bug) stops every other page at once, so no more calls are paid for replies
+        # that could not be kept.
+        running = [asyncio.ensure_future(one(w)) for w in works]
+        try:
+            return list(await asyncio.gather(*running))
+        except BaseException:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            raise
 
 
 @dataclass

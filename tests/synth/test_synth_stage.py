@@ -488,3 +488,33 @@ def test_a_corrupt_index_line_names_the_file_and_line(dirs: SynthDirs, count: An
     index.write_text("".join(lines))
     with pytest.raises(ValueError, match=rf"{re.escape(str(index))}, line 3: not valid JSON"):
         run(ScriptedClient(), dirs, count)
+
+
+def test_a_full_disk_stops_the_stage_naming_the_file_and_keeps_what_was_paid_for(
+    dirs: SynthDirs, count: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    import tasks.core.io as core_io
+
+    real_fsync, writes = os.fsync, itertools.count()
+
+    def fsync(fd: int) -> None:  # the disk fills up after three files (marker, two replies)
+        if next(writes) >= 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(core_io.os, "fsync", fsync)
+    client = ScriptedClient()
+    with pytest.raises(core_io.DiskFull) as full:
+        run(client, dirs, count)
+    assert str(dirs.cache) in str(full.value) and "MB free" in str(full.value)
+    assert "no space left on the device" in str(full.value)
+    kept = cache_files(dirs)
+    assert len(kept) == 2 and not list(dirs.cache.rglob("*.tmp"))
+
+    monkeypatch.setattr(core_io.os, "fsync", real_fsync)
+    again = ScriptedClient()
+    report = run(again, dirs, count)
+    assert report["calls"]["reused"] == len(kept)  # paid for before the disk filled: kept
