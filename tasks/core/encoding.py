@@ -15,6 +15,7 @@ BOMS = (
 )
 XML_DECL = re.compile(rb"""^\s*<\?xml[^>]*encoding=["']([A-Za-z0-9._:-]+)["']""")
 META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.I)
+HEADER_CHARSET = re.compile(r"charset\s*=\s*[\"']?([^\s;\"']+)", re.I)
 SNIFF_BYTES = 4096
 
 
@@ -33,8 +34,20 @@ def normalize_encoding(name: str | bytes | None) -> str | None:
 
 def parse_header_charset(content_type: str | None) -> str | None:
     """The charset of a Content-Type header value, when it names a text encoding."""
-    match = re.search(r"charset\s*=\s*[\"']?([^\s;\"']+)", content_type or "", re.I)
+    match = HEADER_CHARSET.search(content_type or "")
     return normalize_encoding(match.group(1)) if match else None
+
+
+def find_unusable_charsets(data: bytes, content_type: str | None) -> list[str]:
+    """Charsets a page declares (HTTP header, XML declaration, <meta>) that name no text
+    encoding Python knows, e.g. `base64` or a typo: ignored when reading, but worth a count."""
+    head = data[:SNIFF_BYTES]
+    in_header = HEADER_CHARSET.search(content_type or "")
+    in_page = [m.group(1) for m in (XML_DECL.match(head), META_CHARSET.search(head)) if m]
+    names = [in_header.group(1)] if in_header else []
+    names += [name.decode("ascii", "ignore") for name in in_page]
+    names = [name.strip().lower() for name in names]
+    return [name for name in names if normalize_encoding(name) is None]
 
 
 def detect_encoding(data: bytes, declared: str | None = None) -> str:

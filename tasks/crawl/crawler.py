@@ -33,7 +33,11 @@ from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
-from tasks.core.encoding import detect_encoding, parse_header_charset
+from tasks.core.encoding import (
+    detect_encoding,
+    find_unusable_charsets,
+    parse_header_charset,
+)
 from tasks.core.io import read_jsonl, write_if_changed
 from tasks.core.params import CrawlParams
 from tasks.core.records import Exclusion, ManifestEntry, PageStatus, content_sha, url_id
@@ -149,6 +153,7 @@ class Outcome:
     last_modified: str | None = None
     content_type: str | None = None
     encoding: str | None = None
+    unusable_charsets: list[str] = field(default_factory=list)  # declared, no text encoding
     fetched: bool = False  # a 200 whose body we read
     not_modified: bool = False
     kept: ManifestEntry | None = None  # the previous entry, kept because this fetch failed
@@ -354,6 +359,7 @@ def build_outcome(ctx: Context, task: Task, url: str, result: Fetched) -> Outcom
     elif result.status == 200 and not result.error:
         out.body, out.fetched = result.body, True
         out.encoding = detect_encoding(result.body, parse_header_charset(result.content_type))
+        out.unusable_charsets = find_unusable_charsets(result.body, result.content_type)
     elif result.status == 304 and (stored := read_stored(ctx, ctx.old.get(url))) is not None:
         return build_not_modified(ctx, out, stored)
     elif result.status in GONE and was_known(ctx, url):
@@ -855,6 +861,10 @@ def summarize(
         "failed_by_reason": dict(sorted(failed.items())),
         "skipped_by_reason": dict(sorted(skipped.items())),
         "blocked_by_robots": sum(e.status == PageStatus.BLOCKED for e in current),
+        # pages read as UTF-8 or by their bytes, since the charset they declare decodes nothing
+        "unusable_charsets": dict(
+            sorted(Counter(c for o in outcomes for c in o.unusable_charsets).items())
+        ),
         "trap_patterns": dict(sorted(frontier.trap_patterns.items())),
         "crawl_delay_s": {"asked": ctx.crawl_delay.asked, "used": ctx.crawl_delay.used},
         "robots_truncated": len(ctx.robots_truncated),

@@ -131,6 +131,19 @@ def test_a_charset_that_names_no_text_encoding_is_ignored() -> None:
         assert detect_encoding(f"<meta charset={charset}><p>x</p>".encode()) == "utf-8"
 
 
+def test_a_page_declaring_a_charset_that_decodes_nothing_is_stored_and_counted(
+    docsite: DocSite, tmp_path: Path
+) -> None:
+    docsite.page("/docs/index.html", ["a.html", "b.html"])
+    docsite.add("/docs/a.html", render_page("a"), content_type="text/html; charset=base64")
+    docsite.add("/docs/b.html", b"<meta charset=rot13><title>b</title><p>caf\xc3\xa9</p>")
+    report = crawl(docsite, tmp_path)
+    entries = by_path(docsite, tmp_path)
+    assert entries["/docs/a.html"].status == entries["/docs/b.html"].status == PageStatus.OK
+    assert entries["/docs/b.html"].encoding == "utf-8"
+    assert report["unusable_charsets"] == {"base64": 1, "rot13": 1}
+
+
 def test_links_are_read_like_an_html_parser_reads_them() -> None:
     page = b"""<html><head><BASE HREF='/base/'><base href="/second/">
     <link rel="stylesheet" href="s.css"><LINK REL="Canonical alternate" href="/c.html">
