@@ -174,6 +174,11 @@ def summarize(
         "markdown_tokens": md_tokens,
         "markdown_to_html_token_ratio": round(md_tokens / html_tokens, 4) if html_tokens else 0,
         "encoding": summarize_encodings(list(results.values())),
+        # The docs' own product and version (markdown.product_pattern / version_pattern): a
+        # release diff shows when the site moved to another version of the docs.
+        "versions": dict(
+            sorted(Counter(f"{r.doc['product']} {r.doc['version']}" for r in kept if r.doc).items())
+        ),
     }
 
 

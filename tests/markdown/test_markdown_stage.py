@@ -32,6 +32,8 @@ def test_converts_pages_in_reading_order_with_front_matter(
 
     assert report["pages_in"] == report["pages_out"] == 4
     assert report["converted"] == 4 and report["reused"] == 0
+    ((version, pages),) = report["versions"].items()  # the fixture pages: one docs version
+    assert version.startswith("PostgreSQL 15.") and pages == 4
     assert 0 < report["markdown_tokens"] < report["html_tokens"]
     lines = (tmp_path / "md" / "index.jsonl").read_text().splitlines()
     index = [json.loads(line) for line in lines]
