@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tasks.core.env import apply_stage_defaults
+from tasks.core.env import set_stage_defaults
 
 os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
 # Prefect 3.7 derives the results folder from ~/.prefect, not from PREFECT_HOME, so a failed
@@ -22,7 +22,7 @@ os.environ.setdefault(
 )
 # The ephemeral server needs well over the default 20 s to start on a busy 2-core machine.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-apply_stage_defaults()
+set_stage_defaults(os.environ)
 
 
 def git_revision() -> str:

@@ -28,9 +28,8 @@ from tasks.core.report import finish_report
 from tasks.finetune.llamafactory import (
     StageLayout,
     check_model_folder,
-    count_set_rows,
+    check_set_size,
     describe_config,
-    describe_thin_set,
     export_model,
     extract_curve,
     pass_model_on,
@@ -61,9 +60,8 @@ def orpo_flow(
     model = check_model_folder(params.model or sft_model, "orpo.model", "sft")
     datasets = read_dataset_names(paths.orpo, [DOMAIN_PREF])
     layout = StageLayout(params.output, params.checkpoints)
-    rows = count_set_rows(paths.orpo, DOMAIN_PREF)
-    if rows < min_examples:
-        reason = describe_thin_set(paths.orpo, DOMAIN_PREF, rows, min_examples)
+    reason = check_set_size(paths.orpo, DOMAIN_PREF, min_examples)
+    if reason is not None:
         write_curve(paths.reports / "orpo_loss.csv", [], ["loss"])
         write_curve(paths.reports / "orpo_margins.csv", [], list(MARGINS))
         return finish_report(paths.reports, "orpo", pass_model_on(layout, model, reason), started)

@@ -28,9 +28,8 @@ from tasks.core.report import finish_report
 from tasks.finetune.llamafactory import (
     StageLayout,
     check_model_folder,
-    count_set_rows,
+    check_set_size,
     describe_config,
-    describe_thin_set,
     export_model,
     extract_curve,
     pass_model_on,
@@ -59,9 +58,8 @@ def sft_flow(
     model = check_model_folder(params.model or cpt_model, "sft.model", "cpt")
     datasets = read_dataset_names(paths.sft, [DOMAIN_SFT], optional=[GENERAL_SFT])
     layout = StageLayout(params.output, params.checkpoints)
-    rows = count_set_rows(paths.sft, DOMAIN_SFT)
-    if rows < min_examples:
-        reason = describe_thin_set(paths.sft, DOMAIN_SFT, rows, min_examples)
+    reason = check_set_size(paths.sft, DOMAIN_SFT, min_examples)
+    if reason is not None:
         write_curve(paths.reports / "sft_loss.csv", [], ["loss"])
         return finish_report(paths.reports, "sft", pass_model_on(layout, model, reason), started)
     mix = render_mix(datasets, params.train, general_ratio)
@@ -99,5 +97,5 @@ if __name__ == "__main__":
         cpt.output / cpt.phases[-1].name,
         params.datasets.general_sft.ratio,
         params.datasets.min_examples,
-        hub=params.needs_hub("sft"),
+        hub=params.datasets.general_sft.hub_id is not None,  # LlamaFactory downloads it
     )

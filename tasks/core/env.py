@@ -9,7 +9,6 @@ user set the variables themselves: a value set by the user always wins.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, MutableMapping
 
 HUB_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -54,7 +53,3 @@ def describe_hub_block(environ: Mapping[str, str]) -> str | None:
         names = " and ".join(f"{k}={environ[k]}" for k in blocked)
         return f"{names} is set in your environment; unset it (or set it to 0) to download"
     return None
-
-
-def apply_stage_defaults() -> None:
-    set_stage_defaults(os.environ)

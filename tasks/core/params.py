@@ -1042,15 +1042,6 @@ class Params(Strict):
             raise ParamsError("params.yaml has no crawl: section (crawl.start_urls is required)")
         return self.crawl
 
-    def needs_hub(self, stage: str) -> bool:
-        """Whether `stage` downloads from the Hugging Face hub under these params."""
-        if stage == "model":
-            base = self.model.base
-            return base is not None and not Path(base).expanduser().exists()
-        if stage == "sft":
-            return self.datasets.general_sft.hub_id is not None
-        return False
-
 
 def read_params(path: Path = PARAMS_FILE) -> Params:
     """Validate the whole file once (so a typo anywhere fails early); ParamsError names the key."""
@@ -1065,11 +1056,8 @@ def read_params(path: Path = PARAMS_FILE) -> Params:
 
 def load_params(section: str, model: type[M], path: Path = PARAMS_FILE) -> M:
     """One section of the whole validated file (for tools and tests that need only that)."""
-    value = (
-        read_params(path).require_crawl()
-        if section == "crawl"
-        else getattr(read_params(path), section)
-    )
+    params = read_params(path)
+    value = params.require_crawl() if section == "crawl" else getattr(params, section)
     assert isinstance(value, model), f"{section} is a {type(value).__name__}, not {model}"
     return value
 

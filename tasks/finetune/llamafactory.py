@@ -28,7 +28,7 @@ import yaml
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.core.env import hub_env
+from tasks.core.env import QUIET_ENV, hub_env
 from tasks.core.hashing import hash_paths
 from tasks.core.io import (
     promote_folder,
@@ -39,14 +39,9 @@ from tasks.core.io import (
 )
 from tasks.core.procs import stream_process
 
-# The libraries' telemetry is off, and lines reach the Prefect log as they are printed. Hub
-# access follows the flow's own environment (tasks.core.env), which the run inherits.
-RUN_ENV = {
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "DO_NOT_TRACK": "1",
-    "GRADIO_ANALYTICS_ENABLED": "False",
-    "PYTHONUNBUFFERED": "1",
-}
+# The stages' quiet settings (no telemetry), and lines reach the Prefect log as they are printed.
+# Hub access follows the flow's own environment (tasks.core.env), which the run inherits.
+RUN_ENV = {**QUIET_ENV, "PYTHONUNBUFFERED": "1"}
 # Changing how long a run is, or how often it logs and saves, continues it from its newest
 # checkpoint; changing anything else (a setting, the model, the data) starts afresh.
 RUN_LENGTH_KEYS = frozenset(
@@ -158,6 +153,12 @@ def describe_thin_set(dataset_dir: Path, name: str, rows: int, minimum: int) -> 
         "to work with (crawl.max_pages, crawl.max_depth), a stronger model behind "
         "synth.endpoint, or lower datasets.min_examples"
     )
+
+
+def check_set_size(dataset_dir: Path, name: str, minimum: int) -> str | None:
+    """Why a stage must not train on set `name` (fewer than `minimum` rows), or None."""
+    rows = count_set_rows(dataset_dir, name)
+    return describe_thin_set(dataset_dir, name, rows, minimum) if rows < minimum else None
 
 
 def render_mix(datasets: Sequence[str], train: Mapping[str, Any], ratio: float) -> dict[str, Any]:
