@@ -415,6 +415,9 @@ def pass_model_on(layout: StageLayout, start: Path, reason: str) -> dict[str, An
     with staging_folder(layout.model) as staging:
         shutil.copytree(start, staging, dirs_exist_ok=True, copy_function=link_or_copy)
         promote_folder(staging, layout.model)
+    # DVC fails a stage whose declared outputs are missing, and on a first run that skips
+    # training no checkpoint folder was ever made.
+    layout.checkpoints.mkdir(parents=True, exist_ok=True)
     return {"skipped": True, "reason": reason, "model_passed_on_from": str(start)}
 
 

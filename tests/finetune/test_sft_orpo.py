@@ -457,3 +457,5 @@ def test_a_set_below_the_minimum_passes_the_model_on_and_says_why(
     assert all(torch.equal(v, weights(tiny)[k]) for k, v in passed_on.items())
     assert json.loads((tmp_path / "reports" / "orpo.json").read_text())["skipped"] is True
     assert (tmp_path / "reports" / "orpo_loss.csv").read_text() == "step,loss\n"
+    # a declared DVC output: a first run that skips must still leave it
+    assert params.checkpoints.is_dir()
