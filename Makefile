@@ -6,13 +6,16 @@ BIN := $(VENV)/bin
 SITE := .cache/sites/postgresql-15/html
 # A second site, built by another generator (Sphinx), to check the converter generalises.
 SPHINX_SITE := .cache/sites/python-3.11/html
+# A third, from a generator the chrome removal was never tuned on (GNU Texinfo, the MIT/GNU
+# Scheme reference): its prev/next/up panel is a plain div.header that no chrome rule names.
+TEXINFO_SITE := .cache/sites/mit-scheme-ref/html
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 export DEEPEVAL_TELEMETRY_OPT_OUT := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME := $(CURDIR)/.prefect
 
-.PHONY: setup site demo test test-all lint bench eval-markdown ui lock clean
+.PHONY: setup site demo test test-all lint bench eval-markdown gate ui lock clean
 
 setup: $(VENV)/.installed site
 
@@ -48,8 +51,17 @@ $(SPHINX_SITE)/index.html:
 	$(call unpack_site,python3.11-doc,usr/share/doc/python3.11/html,$(SPHINX_SITE))
 	test -f $@
 
+$(TEXINFO_SITE)/index.html:
+	$(call unpack_site,mit-scheme-doc,usr/share/doc/mit-scheme-doc/html/mit-scheme-ref,$(TEXINFO_SITE))
+	test -f $@
+
 demo: setup
 	$(BIN)/python -m tasks.services.demo
+
+# The release gate on the current reports/eval.json, for CI: exits non-zero naming each broken
+# floor (params.yaml gate:).
+gate: $(VENV)/.installed
+	$(BIN)/python -m flows.gate
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest
@@ -69,14 +81,22 @@ bench: setup
 	$(BIN)/python -m tasks.bench.cpt --out reports/bench_cpt.json
 	$(BIN)/python -m tasks.bench.sft --out reports/bench_sft.json
 
-# Converter quality with no selector, on two sites from different generators; the reference
-# main content is picked by a per-site selector given here, never by the converter.
-eval-markdown: setup $(SPHINX_SITE)/index.html
+# Converter quality with no selector, on three sites from different generators; the reference
+# main content and the site's navigation blocks (for the leak count) are picked by per-site
+# selectors given here, never by the converter.
+eval-markdown: setup $(SPHINX_SITE)/index.html $(TEXINFO_SITE)/index.html
 	$(BIN)/python -m tasks.bench.markdown_quality --site $(SITE) --base-url https://www.postgresql.org/docs/15/ \
 		--reference-selector body --reference-drop "div.navheader, div.navfooter" \
+		--reference-chrome "div.navheader, div.navfooter" \
 		--out reports/markdown_quality_postgresql.json
 	$(BIN)/python -m tasks.bench.markdown_quality --site $(SPHINX_SITE) --base-url https://docs.python.org/3.11/ \
-		--reference-selector "div[role=main]" --out reports/markdown_quality_python.json
+		--reference-selector "div[role=main]" \
+		--reference-chrome "div.related, div.sphinxsidebar, div.footer" \
+		--out reports/markdown_quality_python.json
+	$(BIN)/python -m tasks.bench.markdown_quality --site $(TEXINFO_SITE) \
+		--base-url https://www.gnu.org/software/mit-scheme/documentation/stable/mit-scheme-ref/ \
+		--reference-selector body --reference-drop div.header --reference-chrome div.header \
+		--out reports/markdown_quality_mit-scheme.json
 
 ui: $(VENV)/.installed
 	$(BIN)/prefect server start --host 127.0.0.1

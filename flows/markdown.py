@@ -3,8 +3,11 @@
 Run with `dvc repro markdown` (or `python -m flows.markdown`). Reads params `markdown:` and
 data/raw (pages + manifest.jsonl); writes data/markdown/<page id>.md (front matter: url, title,
 product, version, sha), data/markdown/index.jsonl in the site's reading order,
-data/markdown/exclusions.jsonl (dropped pages with their reason) and reports/markdown.json.
-Pages whose source, params and converter are unchanged are not converted again.
+data/markdown/exclusions.jsonl (dropped pages with their reason), data/markdown/template.json
+(the site's template learned over all pages: repeated, link-dense blocks removed as chrome) with
+profiles.jsonl (each page's blocks, so unchanged pages are not read again) and
+reports/markdown.json. Pages whose source, params, converter and learned template are unchanged
+are not converted again.
 """
 
 from __future__ import annotations

@@ -7,7 +7,13 @@ own keys under `orpo.train`, pref_beta among them), `sft.output` (the starting m
 model/ unless `orpo.model` names one) and data/orpo. Writes models/orpo/ (train.yaml,
 export.yaml, adapter/ for LoRA, model/: the merged model), the run's checkpoints under
 `orpo.checkpoints` (kept, so a killed run resumes), reports/orpo.json, reports/orpo_loss.csv
-and reports/orpo_margins.csv (chosen - rejected reward per step; DVC plots).
+(step, loss, eval_loss), reports/orpo_eval_loss.csv and reports/orpo_margins.csv (chosen -
+rejected reward per step; DVC plots).
+LlamaFactory splits `orpo.train.val_size` off the triples and evaluates every `eval_steps`
+(`early_stopping_steps` stops the run once eval loss stops falling); a set with fewer rows than
+`orpo.validation_min_rows` trains on every row without a split. The report gives the rows held
+out (or why none), the last and best eval loss, and whether eval loss rose while train loss
+fell (`overfitting`, with the steps).
 A set with fewer rows than `datasets.min_examples` is not trained on: the stage passes its
 starting model on as model/ and its report says why (the set, its size, what the datasets
 stage dropped, and the fix).
@@ -19,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from flows import run_name
 from tasks.core.params import OrpoParams, PathsParams, load_stage_params
@@ -29,6 +35,7 @@ from tasks.finetune.llamafactory import (
     StageLayout,
     check_model_folder,
     check_set_size,
+    count_set_rows,
     describe_config,
     export_model,
     extract_curve,
@@ -41,6 +48,12 @@ from tasks.finetune.llamafactory import (
     summarize_run,
     train_model,
     write_curve,
+)
+from tasks.finetune.validation import (
+    plan_validation,
+    read_max_steps,
+    summarize_validation,
+    write_loss_curves,
 )
 
 MARGINS = {
@@ -62,9 +75,13 @@ def orpo_flow(
     layout = StageLayout(params.output, params.checkpoints)
     reason = check_set_size(paths.orpo, DOMAIN_PREF, min_examples)
     if reason is not None:
-        write_curve(paths.reports / "orpo_loss.csv", [], ["loss"])
+        write_loss_curves(paths.reports, "orpo", [])
         write_curve(paths.reports / "orpo_margins.csv", [], list(MARGINS))
         return finish_report(paths.reports, "orpo", pass_model_on(layout, model, reason), started)
+    rows, minimum = count_set_rows(paths.orpo, DOMAIN_PREF), params.validation_min_rows
+    validation = plan_validation(params.train, rows, minimum, "orpo", DOMAIN_PREF)
+    if validation.skipped:
+        get_run_logger().warning("%s", validation.skipped)
     config = render_train_config(
         "dpo",
         model,
@@ -73,7 +90,7 @@ def orpo_flow(
         layout,
         params.train,
         deepspeed=params.deepspeed is not None,
-        extra={"pref_loss": "orpo"},
+        extra={"pref_loss": "orpo", **validation.overrides},
     )
     comment = f"llamafactory-cli train {layout.train_yaml}: written by flows/orpo.py from params"
     config = prepare_run(
@@ -82,13 +99,14 @@ def orpo_flow(
     history = train_model(layout, params.processes_per_node, "orpo")
     export_model(layout, config, params.export)
 
-    loss = extract_curve(history, {"loss": "loss"})
     margins = extract_curve(history, MARGINS)
-    write_curve(paths.reports / "orpo_loss.csv", loss, ["loss"])
+    write_loss_curves(paths.reports, "orpo", history)
     write_curve(paths.reports / "orpo_margins.csv", margins, list(MARGINS))
     report = describe_config(config) | summarize_run(
         history, read_train_results(layout.checkpoints)
     )
+    max_steps = read_max_steps(layout.checkpoints)
+    report["validation"] = summarize_validation(history, validation, config, max_steps)
     report["pref_beta"] = config.get("pref_beta")
     report["margin"] = summarize_curve([r["margin"] for r in margins])
     return finish_report(paths.reports, "orpo", report, started)

@@ -6,8 +6,14 @@ keys under `sft.train`), `cpt.output` + `cpt.phases` (the starting model: the la
 folder unless `sft.model` names one), `datasets.general_sft.ratio` (the mix), and data/sft.
 Writes models/sft/ (train.yaml, export.yaml, adapter/ for LoRA, model/: the merged model plain
 transformers loads), the run's checkpoints under `sft.checkpoints` (kept, so a killed run
-resumes), reports/sft.json and reports/sft_loss.csv (DVC plot). LlamaFactory's output is
-streamed into the Prefect run log; a NaN loss stops the stage.
+resumes), reports/sft.json, reports/sft_loss.csv (step, loss, eval_loss) and
+reports/sft_eval_loss.csv (DVC plots). LlamaFactory's output is streamed into the Prefect run
+log; a NaN loss stops the stage.
+LlamaFactory splits `sft.train.val_size` off the training mix and evaluates every `eval_steps`
+(`early_stopping_steps` stops the run once eval loss stops falling); a set with fewer rows than
+`sft.validation_min_rows` trains on every row without a split. The report gives the rows held
+out (or why none), the last and best eval loss, and whether eval loss rose while train loss
+fell (`overfitting`, with the steps).
 A set with fewer rows than `datasets.min_examples` is not trained on: the stage passes its
 starting model on as model/ and its report says why (the set, its size, what the datasets
 stage dropped, and the fix).
@@ -19,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from flows import run_name
 from tasks.core.params import PathsParams, SftParams, load_stage_params
@@ -29,9 +35,9 @@ from tasks.finetune.llamafactory import (
     StageLayout,
     check_model_folder,
     check_set_size,
+    count_set_rows,
     describe_config,
     export_model,
-    extract_curve,
     pass_model_on,
     prepare_run,
     read_dataset_names,
@@ -40,7 +46,12 @@ from tasks.finetune.llamafactory import (
     render_train_config,
     summarize_run,
     train_model,
-    write_curve,
+)
+from tasks.finetune.validation import (
+    plan_validation,
+    read_max_steps,
+    summarize_validation,
+    write_loss_curves,
 )
 
 
@@ -60,8 +71,12 @@ def sft_flow(
     layout = StageLayout(params.output, params.checkpoints)
     reason = check_set_size(paths.sft, DOMAIN_SFT, min_examples)
     if reason is not None:
-        write_curve(paths.reports / "sft_loss.csv", [], ["loss"])
+        write_loss_curves(paths.reports, "sft", [])
         return finish_report(paths.reports, "sft", pass_model_on(layout, model, reason), started)
+    rows, minimum = count_set_rows(paths.sft, DOMAIN_SFT), params.validation_min_rows
+    validation = plan_validation(params.train, rows, minimum, "sft", DOMAIN_SFT)
+    if validation.skipped:
+        get_run_logger().warning("%s", validation.skipped)
     mix = render_mix(datasets, params.train, general_ratio)
     config = render_train_config(
         "sft",
@@ -71,7 +86,7 @@ def sft_flow(
         layout,
         params.train,
         deepspeed=params.deepspeed is not None,
-        extra=mix,
+        extra=mix | validation.overrides,
     )
     comment = f"llamafactory-cli train {layout.train_yaml}: written by flows/sft.py from params"
     config = prepare_run(
@@ -80,11 +95,12 @@ def sft_flow(
     history = train_model(layout, params.processes_per_node, "sft", hub=hub)
     export_model(layout, config, params.export)
 
-    loss = extract_curve(history, {"loss": "loss"})
-    write_curve(paths.reports / "sft_loss.csv", loss, ["loss"])
+    write_loss_curves(paths.reports, "sft", history)
     report = describe_config(config) | summarize_run(
         history, read_train_results(layout.checkpoints)
     )
+    max_steps = read_max_steps(layout.checkpoints)
+    report["validation"] = summarize_validation(history, validation, config, max_steps)
     return finish_report(paths.reports, "sft", report, started)
 
 

@@ -18,7 +18,17 @@ import yaml
 
 from tasks.core.params import STAGES
 
-STAGE_PACKAGES = ("crawl", "markdown", "synth", "model", "datasets", "cpt", "finetune")
+STAGE_PACKAGES = (
+    "crawl",
+    "markdown",
+    "synth",
+    "model",
+    "datasets",
+    "cpt",
+    "finetune",
+    "eval",
+    "gate",
+)
 SHARED_PACKAGES = ("core", "llm")
 # Modules a stage runs as a separate process instead of importing.
 CHILD_MODULES = {"cpt": "tasks.cpt.train", "model": "tasks.model.hub"}
@@ -115,7 +125,7 @@ def test_stage_runs_its_flow_and_depends_on_its_code(name: str) -> None:
 
 
 def test_stages_chain_through_declared_paths() -> None:
-    outs = {stage: names(spec["outs"]) for stage, spec in STAGE_SPECS.items()}
+    outs = {stage: names(spec.get("outs", [])) for stage, spec in STAGE_SPECS.items()}
     assert outs["crawl"] == [PARAMS["paths"]["raw"]]
     assert PARAMS["paths"]["raw"] in names(DVC["stages"]["markdown"]["deps"])
     assert outs["markdown"] == [PARAMS["paths"]["markdown"]]
@@ -132,6 +142,14 @@ def test_stages_chain_through_declared_paths() -> None:
         assert f"{PARAMS['paths']['cpt']}/{phase}" in deps
         assert settings["init_from"] in starts and settings["init_from"] in deps
         assert outs[f"cpt@{phase}"][0] == f"{cpt['output']}/{phase}"
+    # eval reads every model the training stages write, and the gate reads eval's report
+    eval_deps = names(DVC["stages"]["eval"]["deps"])
+    for path in (PARAMS["paths"]["eval"], PARAMS["paths"]["base_model"], cpt["output"]):
+        assert path in eval_deps
+    for stage in ("sft", "orpo"):
+        assert f"{PARAMS[stage]['output']}/model" in eval_deps
+    report = f"{PARAMS['paths']['reports']}/eval.json"
+    assert report in names(DVC["stages"]["gate"]["deps"])
 
 
 def imports_of(path: Path) -> set[str]:

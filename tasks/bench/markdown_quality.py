@@ -1,12 +1,15 @@
 """Measure the markdown stage on a local copy of a documentation site.
 
-Every page is converted on the generic path (no content selector unless --selector) and
-compared with a reference built independently from the original HTML with a site-specific
+Every page is converted on the generic path (no content selector unless --selector), with the
+template learned from all of the site's pages as the markdown stage does (unless --no-template),
+and compared with a reference built independently from the original HTML with a site-specific
 reference selector: code blocks, table grids, headings, word recall/precision, chrome left,
+navigation leaks (the site's own chrome blocks, --reference-chrome, found whole in the output)
 and speed against stock markdownify.
 
     python -m tasks.bench.markdown_quality --site DIR --base-url URL --reference-selector CSS \
-        [--reference-drop CSS] [--selector CSS] --out reports/markdown_quality_<name>.json
+        [--reference-drop CSS] [--reference-chrome CSS] [--selector CSS] [--no-template] \
+        --out reports/markdown_quality_<name>.json
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from lxml.etree import _Element
 
 from tasks.core.params import MarkdownParams
 from tasks.markdown.convert import convert_page
+from tasks.markdown.extract import profile_page
+from tasks.markdown.template import SiteTemplate, learn_template
 
 WORD_RE = re.compile(r"\w+")
 IMAGE_RE = re.compile(r"!\[([^\]]*)\]\((?:[^()\s]|\([^()]*\))*(?:\s+\"[^\"]*\")?\)")
@@ -94,8 +99,12 @@ class Totals:
     recall: dict[str, float] = field(default_factory=dict)
     precision: dict[str, float] = field(default_factory=dict)
     chrome_pages: dict[str, list[str]] = field(default_factory=dict)
+    nav_leaks: dict[str, list[str]] = field(default_factory=dict)
+    chrome_blocks: int = 0
+    template_blocks: int = 0
     misses: dict[str, list[str]] = field(default_factory=dict)
-    ours_s: float = 0.0
+    ours_s: float = 0.0  # template learning included
+    template_s: float = 0.0
     stock_s: float = 0.0
 
 
@@ -307,12 +316,36 @@ def chrome_left(markdown: str, ref_text: str) -> list[str]:
     return left
 
 
-def measure_page(path: Path, url: str, args: argparse.Namespace, t: Totals) -> None:
+def chrome_leaks(html: bytes, selector: str, markdown: str, ref_text: str) -> tuple[int, list[str]]:
+    """The page's chrome blocks (per-site selector), and those whose whole text is in the
+    output: a navigation panel kept on the page."""
+    doc = lxml.html.document_fromstring(html)
+    out, ref = f" {norm_tokens(markdown_plain(markdown))} ", f" {norm_tokens(ref_text)} "
+    blocks = [norm_tokens(block_text(el)) for el in doc.cssselect(selector)]
+    # a block whose text the main content also holds cannot be told apart from that content
+    blocks = [b for b in blocks if b and f" {b} " not in ref]
+    return len(blocks), [b[:80] for b in blocks if f" {b} " in out]
+
+
+def learn_site_template(pages: list[Path], args: argparse.Namespace) -> tuple[SiteTemplate, float]:
+    """The site's template, learned from every page as the markdown stage does, and the time."""
+    if args.no_template or args.selector:
+        return SiteTemplate(), 0.0  # the template serves the generic path only
+    params = MarkdownParams()
+    start = time.perf_counter()
+    profiles = [profile_page(path.read_bytes(), params) for path in pages]
+    return learn_template(profiles, params.template_min_share), time.perf_counter() - start
+
+
+def measure_page(
+    path: Path, url: str, args: argparse.Namespace, template: SiteTemplate, t: Totals
+) -> None:
     html = path.read_bytes()
     params = MarkdownParams(content_selector=args.selector)
     start = time.perf_counter()
-    result = convert_page(html, url, params)
+    result = convert_page(html, url, params, template=template)
     t.ours_s += time.perf_counter() - start
+    t.template_blocks += result.template_blocks
     start = time.perf_counter()
     markdownify.markdownify(html.decode("utf-8", errors="replace"))
     t.stock_s += time.perf_counter() - start
@@ -336,6 +369,11 @@ def measure_page(path: Path, url: str, args: argparse.Namespace, t: Totals) -> N
     chrome = chrome_left(md, " ".join(ref.text_content().replace("¶", " ").split()))
     if chrome:
         t.chrome_pages[name] = chrome
+    if args.reference_chrome:
+        blocks, leaks = chrome_leaks(html, args.reference_chrome, md, reference_text(ref))
+        t.chrome_blocks += blocks
+        if leaks:
+            t.nav_leaks[name] = leaks
 
 
 def share(pair: list[int]) -> float:
@@ -367,11 +405,22 @@ def summarize(t: Totals) -> dict[str, object]:
         },
         "pages_with_chrome": len(t.chrome_pages),
         "chrome_examples": dict(list(t.chrome_pages.items())[:20]),
+        # None: no --reference-chrome, or it found no navigation block to look for
+        "nav_leaks": {
+            "chrome_blocks": t.chrome_blocks,
+            "blocks_leaked": sum(len(v) for v in t.nav_leaks.values()),
+            "pages": len(t.nav_leaks),
+            "examples": dict(list(t.nav_leaks.items())[:20]),
+        }
+        if t.chrome_blocks
+        else None,
+        "template_blocks_removed": t.template_blocks,
         "speed": {
             "ours_pages_per_s": t.pages / t.ours_s if t.ours_s else 0.0,
             "stock_markdownify_pages_per_s": t.pages / t.stock_s if t.stock_s else 0.0,
             "ratio": t.stock_s / t.ours_s if t.ours_s else 0.0,
             "ours_total_s": t.ours_s,
+            "ours_template_learning_s": t.template_s,
             "stock_total_s": t.stock_s,
         },
         "misses": {k: v[:30] for k, v in t.misses.items()},
@@ -379,6 +428,7 @@ def summarize(t: Totals) -> dict[str, object]:
 
 
 def print_table(report: dict[str, object]) -> None:
+    leaks = report["nav_leaks"]
     rows = [
         ("pages", report["pages"]),
         ("code blocks verbatim", fmt(report["code_blocks_verbatim"])),
@@ -389,6 +439,8 @@ def print_table(report: dict[str, object]) -> None:
         ("word precision (macro)", f"{report['word_precision_macro']:.4f}"),
         ("pages below 0.98", len(report["pages_below_0.98"])),  # type: ignore[arg-type]
         ("pages with chrome", report["pages_with_chrome"]),
+        ("pages with nav leaks", leaks["pages"] if isinstance(leaks, dict) else "-"),
+        ("template blocks removed", report["template_blocks_removed"]),
         ("speed ratio ours/stock", f"{report['speed']['ratio']:.2f}"),  # type: ignore[index]
         ("ours total s", f"{report['speed']['ours_total_s']:.1f}"),  # type: ignore[index]
     ]
@@ -408,6 +460,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--selector", default=None, help="content_selector for the converter")
     parser.add_argument("--reference-selector", default="body")
     parser.add_argument("--reference-drop", default=None, help="CSS removed from the reference")
+    parser.add_argument(
+        "--reference-chrome", default=None, help="CSS of the site's navigation blocks (leak check)"
+    )
+    parser.add_argument(
+        "--no-template", action="store_true", help="convert without learning the site's template"
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--limit", type=int, default=None)
     return parser.parse_args(argv)
@@ -417,10 +475,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     totals = Totals()
     pages = sorted(args.site.rglob("*.html"))[: args.limit]
+    template, totals.template_s = learn_site_template(pages, args)
+    totals.ours_s = totals.template_s
     for path in pages:
         url = args.base_url.rstrip("/") + "/" + path.relative_to(args.site).as_posix()
-        measure_page(path, url, args, totals)
+        measure_page(path, url, args, template, totals)
     report = summarize(totals)
+    report["template"] = template.to_json()
     report["command"] = vars(args) | {"site": str(args.site), "out": str(args.out)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -79,6 +79,11 @@ class PathsParams(Strict):
     cpt: Path = Path("data/cpt")
     sft: Path = Path("data/sft")
     orpo: Path = Path("data/orpo")
+    eval_cache: Path = Field(
+        Path("data/eval_cache"),
+        description="eval: generated answers, likelihood scores and judge replies, keyed by "
+        "content, so an unchanged model is never evaluated twice",
+    )
     reports: Path = Path("reports")
     cache: Path = Field(
         Path(".cache"),
@@ -208,6 +213,13 @@ class MarkdownParams(Strict):
     product_pattern: str | None = Field(None, description="regex; group 1 is the product name")
     version_pattern: str | None = Field(None, description="regex; group 1 is the version")
     readability_min_recall: float = Field(0.9, gt=0, le=1)
+    template_min_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="share of the site's pages a link-dense block must repeat on to be removed "
+        "as the site's template (prev/next panels, breadcrumbs, sidebars with unknown classes)",
+    )
     tokenizer: str | None = Field(
         None,
         description="tokenizer.json (or a folder with one) for the report's token counts; "
@@ -822,6 +834,14 @@ class DatasetsParams(Strict):
         "reported here, and its stage (sft, orpo) is skipped: the model it started from "
         "passes on unchanged, and the stage's report says why",
     )
+    probe_fraction: float = Field(
+        0.25,
+        ge=0,
+        lt=1,
+        description="share of the Q/A pairs and triples of training pages held out as "
+        "knowledge probes (by record id): they train nothing while their page's text stays "
+        "in CPT, so the eval asks whether the model learned what it read",
+    )
     orpo_balance: Literal["keep", "drop"] = Field(
         "keep",
         description="keep = every preference triple, the achieved competency mix reported "
@@ -844,6 +864,7 @@ LLAMAFACTORY_FLOW_KEYS: dict[str, str] = {
     "deepspeed": "put DeepSpeed's JSON under {s}.deepspeed; the flow writes the file",
     "report_to": "always none: nothing leaves the machine",
     "logging_nan_inf_filter": "always false, so a NaN loss reaches the log and fails the stage",
+    "eval_dataset": "the flow's sets are the training sets: split validation off with val_size",
 }
 LLAMAFACTORY_EXPORT_FLOW_KEYS: dict[str, str] = {
     "model_name_or_path": "the flow uses the model the stage trained from",
@@ -863,10 +884,36 @@ def _reject_flow_keys(mapping: dict[str, Any], flow_keys: dict[str, str], sectio
             raise ValueError(f"{key} is set by the flow ({why}); remove it")
 
 
+def _check_validation_keys(train: dict[str, Any]) -> None:
+    """val_size as LlamaFactory 0.9.5 reads it (a share below 1, or a row count above 1), and
+    early stopping only with evaluations to watch."""
+    val_size = train.get("val_size") or 0
+    number = isinstance(val_size, int | float) and not isinstance(val_size, bool)
+    if not number or val_size < 0 or val_size == 1:
+        raise ValueError(
+            "val_size must be 0 (no validation split), a share below 1 or a row count of at "
+            f"least 2 (LlamaFactory reads 1 as the whole set), got {val_size!r}"
+        )
+    patience = train.get("early_stopping_steps")
+    if patience is None:
+        return
+    if not isinstance(patience, int) or isinstance(patience, bool) or patience < 1:
+        raise ValueError(
+            f"early_stopping_steps (evaluations without a better eval loss) must be an "
+            f"integer >= 1 or null, got {patience!r}"
+        )
+    if not val_size or train.get("eval_strategy", "no") == "no":
+        raise ValueError(
+            "early_stopping_steps needs evaluations: set val_size above 0 and eval_strategy "
+            "to steps or epoch"
+        )
+
+
 class FineTuneParams(Strict):
     """A LlamaFactory stage. `train` and `export` are LlamaFactory's own YAML keys, passed
-    through as they are (no second schema); only the keys the flow sets are checked here, and
-    LlamaFactory rejects unknown ones within seconds of starting."""
+    through as they are (no second schema); only the keys the flow sets, and those its
+    validation split reads, are checked here; LlamaFactory rejects unknown ones within seconds
+    of starting."""
 
     section: ClassVar[str] = "sft"
     flow_keys: ClassVar[dict[str, str]] = LLAMAFACTORY_FLOW_KEYS
@@ -883,6 +930,12 @@ class FineTuneParams(Strict):
     deepspeed: dict[str, Any] | None = Field(
         None, description="DeepSpeed's JSON, key for key; written beside train.yaml"
     )
+    validation_min_rows: int = Field(
+        5,
+        ge=2,
+        description="a set with fewer rows trains on every row, without the validation split "
+        "of train.val_size (so without evaluation or early stopping); the report says so",
+    )
     train: dict[str, Any] = Field(default_factory=dict, description="LlamaFactory train keys")
     export: dict[str, Any] = Field(default_factory=dict, description="LlamaFactory export keys")
 
@@ -890,6 +943,7 @@ class FineTuneParams(Strict):
     @classmethod
     def _train_keys(cls, train: dict[str, Any]) -> dict[str, Any]:
         _reject_flow_keys(train, cls.flow_keys, cls.section)
+        _check_validation_keys(train)
         kind = train.get("finetuning_type", "lora")
         if kind not in FINETUNING_TYPES:
             raise ValueError(f"finetuning_type must be one of {FINETUNING_TYPES}, got {kind!r}")
@@ -936,6 +990,153 @@ class OrpoParams(FineTuneParams):
         return train
 
 
+EvalSet = Literal["probes", "held_out"]
+JUDGE_METRICS = (
+    "correctness",
+    "version_correctness",
+    "command_validity",
+    "workflow_order",
+    "faithfulness",
+    "relevancy",
+    "false_premise",
+)
+
+
+def _judge_defaults() -> EndpointParams:
+    # Judging wants the most likely verdict, not variety; the reply is a small JSON object.
+    return EndpointParams(
+        sampling=SamplingParams(temperature=0.0, top_p=1.0, max_tokens=384, seed=1234)
+    )
+
+
+class EvalParams(Strict):
+    """Which models are evaluated, how answers are generated, and the judge."""
+
+    models: list[str] | None = Field(
+        None,
+        description="model names to evaluate, in stage order: base, cpt/<phase>, sft, orpo; "
+        "null = all of them",
+    )
+    sets: list[EvalSet] = Field(
+        default_factory=lambda: list[EvalSet](["probes", "held_out"]),
+        description="probes: held-out questions about trained pages; held_out: questions "
+        "about held-out pages",
+    )
+    generation: Literal["local", "endpoint"] = Field(
+        "local",
+        description="local: transformers on this machine; endpoint: the same requests to "
+        "the OpenAI-compatible servers of eval.endpoints (e.g. vLLM serving each folder)",
+    )
+    endpoints: dict[str, EndpointParams] = Field(
+        default_factory=dict,
+        description="generation: endpoint: model name -> the endpoint serving that model",
+    )
+    max_new_tokens: int = Field(160, ge=8, le=8192)
+    batch_size: int = Field(8, ge=1, le=1024, description="questions generated together")
+    open_book_tokens: int = Field(
+        1024,
+        ge=64,
+        description="tokens of the source page put before the question for the open-book "
+        "reference (the passage that shares most words with the question and its answer)",
+    )
+    general_text: Path | None = Field(
+        None,
+        description="general-domain text for the forgetting canary (.txt); null = the text "
+        "shipped in tasks/eval/samples",
+    )
+    max_perplexity_tokens: int = Field(
+        4096, ge=64, description="tokens per text scored (longer texts are cut)"
+    )
+    bootstrap_samples: int = Field(1000, ge=100, le=100000)
+    seed: int = 0
+    judge: EndpointParams | None = Field(
+        default_factory=_judge_defaults,
+        description="OpenAI-compatible judge for the DeepEval metrics; null = no judge "
+        "(judge-free metrics only)",
+    )
+    structured: Literal["none", "gbnf", "vllm", "vllm-legacy"] = Field(
+        "gbnf", description="how the judge's JSON schema is enforced (as synth.structured)"
+    )
+    judge_metrics: list[str] = Field(default_factory=lambda: list(JUDGE_METRICS))
+    judge_models: list[str] | None = Field(
+        None, description="models whose answers the judge scores; null = every model"
+    )
+    judge_context_chars: int = Field(
+        3000, ge=200, description="characters of the source page the judge sees per answer"
+    )
+    max_judge_attempts: int = Field(
+        3, ge=1, le=10, description="judge replies tried per call until one parses"
+    )
+    review_sample: int = Field(
+        20, ge=0, description="questions in the blind review sheet and the HTML report"
+    )
+
+    @field_validator("judge_metrics")
+    @classmethod
+    def _known_metrics(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(JUDGE_METRICS))
+        if unknown:
+            raise ValueError(f"unknown judge metrics {unknown}; allowed: {list(JUDGE_METRICS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _endpoints_given(self) -> EvalParams:
+        if self.generation == "endpoint" and not self.endpoints:
+            raise ValueError(
+                "generation is endpoint but endpoints is empty: map each model name "
+                "(base, cpt/<phase>, sft, orpo) to the endpoint serving it"
+            )
+        return self
+
+
+class Floor(Strict):
+    """One floor of the gate: a metric of a model (the final one by default) must be within
+    a bound, absolute or relative to the base model's value."""
+
+    metric: str = Field(min_length=1, description="a metric key of reports/eval.json")
+    model: str | None = Field(None, description="null = gate.model")
+    min: float | None = None
+    max: float | None = None
+    min_vs_base: float | None = Field(
+        None, description="value >= base model's value + this (negative: allowed loss)"
+    )
+    max_ratio_vs_base: float | None = Field(
+        None, gt=0, description="value <= base model's value x this (lower-is-better metrics)"
+    )
+    required: bool = Field(
+        True,
+        description="false: a metric with nothing to measure (no questions of its kind) is "
+        "reported as unmeasured instead of failing the gate",
+    )
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> Floor:
+        bounds = [self.min, self.max, self.min_vs_base, self.max_ratio_vs_base]
+        if all(b is None for b in bounds):
+            raise ValueError(
+                f"floor {self.metric}: give at least one of min, max, min_vs_base, "
+                "max_ratio_vs_base"
+            )
+        return self
+
+
+class GateParams(Strict):
+    """What a release must reach to pass; floors change only by a visible diff here."""
+
+    model: str | None = Field(None, description="the model gated; null = the last one evaluated")
+    floors: list[Floor] = Field(default_factory=list)
+    baseline: str | None = Field(
+        None,
+        description="git revision (e.g. a release tag) whose reports/eval.json no metric of "
+        "the gated model may fall below by more than the tolerance beyond its interval",
+    )
+    tolerance: float = Field(0.05, ge=0, description="for the baseline comparison")
+    lower_is_better: list[str] = Field(
+        default_factory=lambda: ["ppl_held_out", "ppl_general", "literal_invented"],
+        description="metric keys where a rise is the regression",
+    )
+
+
 STAGES: dict[str, type[Strict]] = {
     "paths": PathsParams,
     "crawl": CrawlParams,
@@ -946,6 +1147,8 @@ STAGES: dict[str, type[Strict]] = {
     "cpt": CptParams,
     "sft": SftParams,
     "orpo": OrpoParams,
+    "eval": EvalParams,
+    "gate": GateParams,
 }
 
 M = TypeVar("M", bound=Strict)
@@ -1014,6 +1217,8 @@ class Params(Strict):
     cpt: CptParams = Field(default_factory=CptParams)
     sft: SftParams = Field(default_factory=SftParams)
     orpo: OrpoParams = Field(default_factory=OrpoParams)
+    eval: EvalParams = Field(default_factory=EvalParams)
+    gate: GateParams = Field(default_factory=GateParams)
 
     def check_inside(self, root: Path) -> Params:
         """Every path of `paths:` inside the repository at `root`: the stages write there, and

@@ -2,7 +2,9 @@
 
 Order of work, and why:
 1. Split by page first, so nothing generated from a held-out page (its text, Q/A, triples)
-   can reach a training set; held-out pages go to data/eval.
+   can reach a training set; held-out pages go to data/eval. Then hold out a share of the
+   training pages' Q/A and triples as knowledge probes: they train nothing (not SFT, ORPO or
+   the Q/A blocks of CPT) while their page's text stays in CPT.
 2. PII scrub every text (mask, or drop the record), counting matches by kind.
 3. Near-duplicate removal with held-out pages listed first: a training page that duplicates a
    held-out one is dropped with everything generated from it (it would leak the held-out page).
@@ -139,6 +141,36 @@ def split_pages(page_ids: Sequence[str], fraction: float, seed: int) -> set[str]
     if not held and len(page_ids) >= 2:
         held = {min(page_ids, key=lambda p: page_draw(p, seed))}
     return held
+
+
+def split_probes(
+    train: list[Page], fraction: float, seed: int
+) -> tuple[list[QAPair], list[PreferenceTriple]]:
+    """Take the knowledge probes out of the training pages and return them.
+
+    A pair is drawn by its id; triples by their page and main point, so a point's good and
+    false-premise triples go together (one would give the other's answer away). Like the page
+    split, at least one of each kind is taken when there are two or more to draw from."""
+    if fraction <= 0:
+        return [], []
+    pair_keys = {pair.id: pair.id for page in train for pair in page.pairs}
+    point_keys = {t.id: text_id(t.page_id, t.point) for page in train for t in page.triples}
+    probe_pairs = draw_probes(sorted(set(pair_keys.values())), fraction, seed)
+    probe_points = draw_probes(sorted(set(point_keys.values())), fraction, seed)
+    pairs, triples = [], []
+    for page in train:
+        pairs += [p for p in page.pairs if pair_keys[p.id] in probe_pairs]
+        triples += [t for t in page.triples if point_keys[t.id] in probe_points]
+        page.pairs = [p for p in page.pairs if pair_keys[p.id] not in probe_pairs]
+        page.triples = [t for t in page.triples if point_keys[t.id] not in probe_points]
+    return pairs, triples
+
+
+def draw_probes(keys: Sequence[str], fraction: float, seed: int) -> set[str]:
+    """The page split's draw, on its own key space (a probe's draw is independent of its
+    page's)."""
+    drawn = split_pages([f"probe:{k}" for k in keys], fraction, seed)
+    return {k for k in keys if f"probe:{k}" in drawn}
 
 
 # 2. PII
@@ -503,12 +535,33 @@ def render_eval_page(page: Page) -> EvalPage:
     )
 
 
-def write_eval(eval_dir: Path, held: list[Page]) -> dict[str, int]:
+@dataclass(frozen=True)
+class Probes:
+    pairs: list[QAPair]
+    triples: list[PreferenceTriple]
+
+
+def write_eval(
+    eval_dir: Path, held: list[Page], train: list[Page], probes: Probes
+) -> dict[str, Any]:
+    """pages.jsonl, qa.jsonl, triples.jsonl: the held-out pages and what was generated from
+    them; probe_qa.jsonl, probe_triples.jsonl: the knowledge probes; sources.jsonl: the text of
+    every page an eval question is about (held-out and probed training pages)."""
+    probed = {p.page_id for p in probes.pairs} | {t.page_id for t in probes.triples}
+    sources = held + [p for p in train if p.doc.id in probed]
+
     def fill(tmp: Path) -> None:
         write_jsonl_atomic(tmp / "pages.jsonl", (render_eval_page(p).model_dump() for p in held))
         write_jsonl_atomic(tmp / "qa.jsonl", (q.model_dump() for p in held for q in p.pairs))
         write_jsonl_atomic(
             tmp / "triples.jsonl", (t.model_dump(mode="json") for p in held for t in p.triples)
+        )
+        write_jsonl_atomic(tmp / "probe_qa.jsonl", (q.model_dump() for q in probes.pairs))
+        write_jsonl_atomic(
+            tmp / "probe_triples.jsonl", (t.model_dump(mode="json") for t in probes.triples)
+        )
+        write_jsonl_atomic(
+            tmp / "sources.jsonl", (render_eval_page(p).model_dump() for p in sources)
         )
 
     replace_folder(eval_dir, fill)
@@ -516,6 +569,9 @@ def write_eval(eval_dir: Path, held: list[Page]) -> dict[str, int]:
         "pages": len(held),
         "pairs": sum(len(p.pairs) for p in held),
         "triples": sum(len(p.triples) for p in held),
+        "probe_pairs": len(probes.pairs),
+        "probe_triples": len(probes.triples),
+        "probed_pages": len(probed),
     }
 
 
@@ -548,17 +604,26 @@ def build_datasets(
         params,
         dropped,
     )
+    probes = Probes(*split_probes(train, params.probe_fraction, params.split_seed))
+    for pair in probes.pairs:
+        dropped.add("sft", pair.id, pair.url, "knowledge_probe")
+    for triple in probes.triples:
+        dropped.add("orpo", triple.id, triple.url, "knowledge_probe")
     general = read_general_texts(Path(params.general_text.file)) if params.general_text.file else []
     corpus = build_corpus(order_pages(train, params), general, params, tokenizer.encode)
     report: dict[str, Any] = {
         "pages": {"total": len(pages), "train": len(train), "eval": len(held)},
-        "split": {"eval_fraction": params.eval_fraction, "seed": params.split_seed},
+        "split": {
+            "eval_fraction": params.eval_fraction,
+            "probe_fraction": params.probe_fraction,
+            "seed": params.split_seed,
+        },
         "cpt": summarize_corpus(corpus, params),
     }
     report["cpt"]["phases"] = write_cpt(dirs.cpt, corpus, phases, params, tokenizer)
     report["sft"] = write_sft(dirs.sft, train, params)
     report["orpo"] = write_orpo(dirs.orpo, train, params, mix, dropped)
-    report["eval"] = write_eval(dirs.eval, held)
+    report["eval"] = write_eval(dirs.eval, held, train, probes)
     report["below_minimum"] = find_thin_sets(report, params.min_examples)
     write_exclusions(dirs, dropped)
     report["pii"] = {k: dict(sorted(v.items())) for k, v in sorted(dropped.pii.items())}

@@ -42,10 +42,17 @@ from tasks.core.procs import stream_process
 # The stages' quiet settings (no telemetry), and lines reach the Prefect log as they are printed.
 # Hub access follows the flow's own environment (tasks.core.env), which the run inherits.
 RUN_ENV = {**QUIET_ENV, "PYTHONUNBUFFERED": "1"}
-# Changing how long a run is, or how often it logs and saves, continues it from its newest
-# checkpoint; changing anything else (a setting, the model, the data) starts afresh.
+# Changing how long a run is, or how often it logs, evaluates and saves, continues it from its
+# newest checkpoint; changing anything else (a setting, the model, the data) starts afresh.
 RUN_LENGTH_KEYS = frozenset(
-    {"max_steps", "num_train_epochs", "save_steps", "save_total_limit", "logging_steps"}
+    {
+        "max_steps",
+        "num_train_epochs",
+        "save_steps",
+        "save_total_limit",
+        "logging_steps",
+        "eval_steps",
+    }
 )
 FINGERPRINT_FILE = "docs2model_run.json"
 TRAINER_STATE = "trainer_state.json"

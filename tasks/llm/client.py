@@ -19,6 +19,7 @@ import email.utils
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -95,6 +96,49 @@ def grammar_body(structured: str, grammar: str) -> dict[str, Any]:
         f"a grammar was given but the client was built with structured={structured!r}; "
         f"use one of {STRUCTURED_MODES[1:]} for a server that can enforce grammars"
     )
+
+
+def schema_body(structured: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """The request-body fields that constrain decoding to a JSON schema.
+
+    gbnf: llama.cpp server's top-level `json_schema`. vllm: `structured_outputs.json` (vLLM >=
+    0.12). vllm-legacy: `guided_json`. none (no server dialect known): OpenAI's standard
+    `response_format`, not an error as with grammars, because OpenAI, vLLM, llama.cpp and most
+    other servers accept it, so a schema is enforced wherever the server can; OpenAI enforces
+    only strict schemas, hence render_strict_schema. A server that ignores the field answers
+    unconstrained, so the caller validates the reply either way.
+    """
+    if structured == "gbnf":
+        return {"json_schema": schema}
+    if structured == "vllm":
+        return {"structured_outputs": {"json": schema}}
+    if structured == "vllm-legacy":
+        return {"guided_json": schema}
+    if structured == "none":
+        name = re.sub(r"[^A-Za-z0-9_-]", "_", str(schema.get("title") or "reply"))[:64]
+        strict = {"name": name, "schema": render_strict_schema(schema), "strict": True}
+        return {"response_format": {"type": "json_schema", "json_schema": strict}}
+    raise ValueError(f"structured must be one of {STRUCTURED_MODES}, got {structured!r}")
+
+
+def render_strict_schema(schema: Any) -> Any:
+    """`schema` as OpenAI's strict mode wants it: every object closed (additionalProperties
+    false) and every property required; null defaults dropped (the property stays nullable).
+    This only narrows what is valid, so a reply valid here is valid against `schema` too."""
+    if isinstance(schema, list):
+        return [render_strict_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    strict = {
+        key: render_strict_schema(value)
+        for key, value in schema.items()
+        if not (key == "default" and value is None)
+    }
+    if strict.get("type") == "object":
+        strict.setdefault("additionalProperties", False)
+    if isinstance(strict.get("properties"), dict):
+        strict["required"] = list(strict["properties"])
+    return strict
 
 
 def merge_bodies(base: dict[str, Any], extra: dict[str, Any] | None) -> dict[str, Any]:
@@ -294,9 +338,16 @@ class OpenAIChatClient:
         return body
 
     def request_extra_body(
-        self, grammar: str | None, extra_body: dict[str, Any] | None
+        self,
+        grammar: str | None,
+        extra_body: dict[str, Any] | None,
+        json_schema: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        if grammar is not None and json_schema is not None:
+            raise ValueError("give a grammar or a JSON schema, not both: a server applies one")
         base = grammar_body(self.structured, grammar) if grammar is not None else {}
+        if json_schema is not None:
+            base = schema_body(self.structured, json_schema)
         return merge_bodies(base, extra_body)
 
     async def complete(
@@ -305,11 +356,13 @@ class OpenAIChatClient:
         *,
         grammar: str | None = None,
         extra_body: dict[str, Any] | None = None,
+        json_schema: dict[str, Any] | None = None,
     ) -> Completion:
         """One chat completion, retried as the module docstring says; EndpointError when the
-        retries are spent. A truncated reply comes back with finish_reason "length"."""
+        retries are spent. A truncated reply comes back with finish_reason "length".
+        `grammar` or `json_schema` constrains decoding as the client's structured mode says."""
         where = f"{self.base_url}/chat/completions"
-        body = self.request_extra_body(grammar, extra_body)
+        body = self.request_extra_body(grammar, extra_body, json_schema)
         # Sampling goes in extra_body too so extra_body can override it and so fields the SDK
         # does not know (top_k, min_p) travel the same way.
         body = {**self.sampling_body(), **body}

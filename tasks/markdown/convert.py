@@ -17,6 +17,7 @@ from markdownify import ATX, MarkdownConverter
 
 from tasks.core.params import MarkdownParams
 from tasks.markdown.extract import WORD_RE, extract_content
+from tasks.markdown.template import SiteTemplate
 
 CODE_INDEX_ATTR = "data-md-code"
 LANGUAGE_ATTR = "data-md-lang"
@@ -56,6 +57,7 @@ class Converted:
     extractor: str
     # None, or why the page has no body: unparseable, selector_not_found, empty_content
     drop_reason: str | None = None
+    template_blocks: int = 0  # blocks removed as the site's template (tasks.markdown.template)
 
 
 def detect_language(pre: _Element) -> str:
@@ -300,10 +302,15 @@ def convert_content(content: _Element, url: str) -> str:
 
 
 def convert_page(
-    html: bytes, url: str, params: MarkdownParams, encoding: str | None = None
+    html: bytes,
+    url: str,
+    params: MarkdownParams,
+    encoding: str | None = None,
+    template: SiteTemplate | None = None,
 ) -> Converted:
-    """Extract the main content of one page and convert it to a Markdown body."""
-    extracted = extract_content(html, params, encoding)
+    """Extract the main content of one page and convert it to a Markdown body; `template` is
+    the site's learned template, when the whole site was profiled first."""
+    extracted = extract_content(html, params, encoding, template)
     meta = (extracted.title, extracted.product, extracted.version, extracted.extractor)
     if extracted.content is None:
         reason = "selector_not_found" if extracted.extractor == "selector" else "unparseable"
@@ -311,4 +318,4 @@ def convert_page(
     markdown = convert_content(extracted.content, url)
     if not WORD_RE.search(markdown):
         return Converted("", *meta, drop_reason="empty_content")
-    return Converted(markdown, *meta)
+    return Converted(markdown, *meta, template_blocks=extracted.template_blocks)

@@ -1,6 +1,7 @@
 """Main-content extraction: find the part of a documentation page worth keeping.
 
-Three paths, in order: the configured CSS selector; generic chrome removal plus a main
+Three paths, in order: the configured CSS selector; generic chrome removal (known chrome tags,
+roles and class names, then the site's learned template: tasks.markdown.template) plus a main
 container; readability-lxml, used only when the generic result looks like chrome and
 readability keeps enough of the stripped body's words. Everything here is pure.
 """
@@ -16,9 +17,23 @@ from lxml.etree import ParserError, _Element
 
 from tasks.core.encoding import detect_encoding
 from tasks.core.params import MarkdownParams
+from tasks.markdown.template import PageProfile, SiteTemplate, profile_body, strip_template
 
 CHROME_TAGS = ("script", "style", "noscript", "template", "nav", "form", "button", "iframe")
 CHROME_ROLES = {"navigation", "banner", "contentinfo", "complementary", "search"}
+# tags that is_chrome judges by more than tag and role
+CLASSED_CHROME_TAGS = {
+    "aside",
+    "header",
+    "footer",
+    "div",
+    "table",
+    "ul",
+    "p",
+    "span",
+    "section",
+    "a",
+}
 # class/id tokens that name site chrome in common generators (DocBook, Sphinx, MkDocs, ...)
 CHROME_TOKENS = {
     "breadcrumb",
@@ -80,6 +95,7 @@ class Extracted:
     title: str
     product: str | None
     version: str | None
+    template_blocks: int = 0  # blocks removed as the site's template
 
 
 def parse_html(html: bytes, encoding: str | None = None) -> _Element | None:
@@ -167,8 +183,10 @@ def is_nav_word(text: str) -> bool:
 
 def is_nav_bar(el: _Element) -> bool:
     """A small block whose links are only prev/next/up/home style links."""
+    if len(normalize_space(el.text_content())) > 400:
+        return False  # before reading each link: the blocks asked about are often whole pages
     links = [normalize_space(a.text_content()).lower() for a in el.iter("a")]
-    if len(links) < 2 or len(normalize_space(el.text_content())) > 400:
+    if len(links) < 2:
         return False
     nav = sum(1 for text in links if is_nav_word(text))
     return nav >= 2 and nav * 2 >= len(links)
@@ -185,6 +203,8 @@ def is_chrome(el: _Element) -> bool:
         return True
     if el.get("role") in CHROME_ROLES:
         return True
+    if el.tag not in CLASSED_CHROME_TAGS:
+        return False  # before reading class names: this runs on every element of the page
     tokens = class_tokens(el)
     if el.tag == "aside":
         return not (tokens & CONTENT_ASIDE_TOKENS or el.get("role") == "note" or in_main(el))
@@ -278,23 +298,45 @@ def extract_readability(html: bytes, encoding: str) -> _Element | None:
     return found if word_count(found) else None
 
 
-def extract_generic(
-    html: bytes, doc: _Element, params: MarkdownParams, encoding: str
-) -> tuple[_Element, str]:
-    """Chrome-stripped main container; readability only when that still looks like chrome."""
+def find_body(doc: _Element) -> _Element:
     body = doc.find("body")
-    body = body if body is not None else doc
+    return body if body is not None else doc
+
+
+def is_redirect(doc: _Element) -> bool:
+    """A page that sends the reader on at once (<meta http-equiv="refresh">)."""
+    return any(meta.get("http-equiv", "").strip().lower() == "refresh" for meta in doc.iter("meta"))
+
+
+def profile_page(html: bytes, params: MarkdownParams, encoding: str | None = None) -> PageProfile:
+    """The page's blocks as the template learner sees them: after the known chrome is gone.
+    Empty for a page that redirects at once: generators write thousands of such stubs (Texinfo,
+    one per cross-reference anchor), none with the site's template."""
+    doc = parse_html(html, encoding)
+    if doc is None or is_redirect(doc):
+        return {}
+    body = find_body(doc)
     strip_chrome(body, params.drop_selectors)
+    return profile_body(body)
+
+
+def extract_generic(
+    html: bytes, doc: _Element, params: MarkdownParams, encoding: str, template: SiteTemplate
+) -> tuple[_Element, str, int]:
+    """Chrome-stripped main container; readability only when that still looks like chrome."""
+    body = find_body(doc)
+    strip_chrome(body, params.drop_selectors)
+    removed = strip_template(body, template)
     main, semantic = pick_main(body)
     # a page with no main landmark, no headings and mostly links is probably left chrome
     if semantic or main.xpath(".//h1 | .//h2 | .//h3") or link_density(main) <= 0.5:
-        return main, "generic"
+        return main, "generic", removed
     candidate = extract_readability(html, encoding)
     if candidate is not None:
         recall = word_recall(candidate.text_content(), body.text_content())
         if recall >= params.readability_min_recall:
-            return candidate, "readability"
-    return main, "generic"
+            return candidate, "readability", removed
+    return main, "generic", removed
 
 
 def select_content(doc: _Element, selector: str) -> _Element | None:
@@ -308,8 +350,14 @@ def select_content(doc: _Element, selector: str) -> _Element | None:
     return wrapper
 
 
-def extract_content(html: bytes, params: MarkdownParams, encoding: str | None = None) -> Extracted:
-    """Find a page's main content, title, product and version."""
+def extract_content(
+    html: bytes,
+    params: MarkdownParams,
+    encoding: str | None = None,
+    template: SiteTemplate | None = None,
+) -> Extracted:
+    """Find a page's main content, title, product and version; `template` is the site's
+    learned template (tasks.markdown.template), used by the generic path only."""
     doc = parse_html(html, encoding)
     if doc is None:
         return Extracted(None, "none", "", None, None)
@@ -322,5 +370,8 @@ def extract_content(html: bytes, params: MarkdownParams, encoding: str | None = 
         if content is not None:
             strip_chrome(content, params.drop_selectors)
         return Extracted(content, "selector", title, product, version)
-    content, extractor = extract_generic(html, doc, params, detect_encoding(html, encoding))
-    return Extracted(content, extractor, title, product, version)
+    charset = detect_encoding(html, encoding)
+    content, extractor, removed = extract_generic(
+        html, doc, params, charset, template or SiteTemplate()
+    )
+    return Extracted(content, extractor, title, product, version, removed)

@@ -2,9 +2,10 @@
 
 Starts what params point at on this machine — the default docs site (the PostgreSQL 15 manual
 unpacked by `make site`) on the port of `crawl.start_urls`, and llama.cpp serving SmolLM2 on the
-port of `synth.endpoint.base_url` — plus one Prefect server for every stage (instead of a slow
-ephemeral one per stage), runs `dvc repro`, and stops them all. Params that point elsewhere
-(your own site, a vLLM endpoint) start nothing for that part.
+port of `synth.endpoint.base_url` (and of `eval.judge.base_url` when that differs) — plus one
+Prefect server for every stage (instead of a slow ephemeral one per stage), runs `dvc repro`,
+and stops them all. Params that point elsewhere (your own site, a vLLM endpoint) start nothing
+for that part.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ def local_port(url: str) -> int | None:
     return None
 
 
-def start_local_llm(stack: ExitStack, synth: SynthParams, log_file: Path) -> None:
-    port = local_port(synth.endpoint.base_url)
+def start_local_llm(
+    stack: ExitStack, synth: SynthParams, log_file: Path, port: int | None, alias: str
+) -> None:
     if port is None:
         return
     server = synth.local_server
@@ -41,7 +43,7 @@ def start_local_llm(stack: ExitStack, synth: SynthParams, log_file: Path) -> Non
         start_llama_server(
             gguf,
             port=port,
-            alias=synth.endpoint.model,
+            alias=alias,
             n_parallel=server.parallel,
             n_ctx=server.parallel * server.ctx_per_slot,
             threads=server.threads,
@@ -61,7 +63,14 @@ def main(argv: list[str]) -> int:
         if port is not None:
             url = stack.enter_context(serve_directory(site, port=port))
             print(f"serving {site} at {url}", flush=True)
-        start_local_llm(stack, synth, llm_log)
+        synth_port = local_port(synth.endpoint.base_url)
+        start_local_llm(stack, synth, llm_log, synth_port, synth.endpoint.model)
+        # The eval judge: the same server when it points there, else one of its own.
+        judge = params.eval.judge
+        judge_port = local_port(judge.base_url) if judge else None
+        if judge and judge_port != synth_port:
+            judge_log = params.paths.cache / "llama-server-judge.log"
+            start_local_llm(stack, synth, judge_log, judge_port, judge.model)
         api = stack.enter_context(run_prefect_server(int(os.environ.get("PREFECT_PORT", 4200))))
         print(f"prefect server at {api} (run history: make ui)", flush=True)
         # Stage commands say `python`: make it this environment's, wherever the caller is.

@@ -450,10 +450,10 @@ def test_held_out_perplexity_counts_only_real_tokens(tiny: Path, seq_len: int) -
 
 
 def test_long_windows_score_the_same_in_chunks(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tasks.cpt.perplexity
+    import tasks.core.perplexity
 
     whole = measure_perplexity(tiny / "base", HELD_OUT, 128)
-    monkeypatch.setattr(tasks.cpt.perplexity, "LOGIT_CHUNK", 16)  # every window goes in chunks
+    monkeypatch.setattr(tasks.core.perplexity, "LOGIT_CHUNK", 16)  # every window goes in chunks
     chunked = measure_perplexity(tiny / "base", HELD_OUT, 128)
     assert chunked["tokens"] == whole["tokens"]
     assert chunked["perplexity"] == pytest.approx(whole["perplexity"], rel=1e-5)

@@ -200,3 +200,67 @@ def test_nearest_neighbour_order_chains_similar_pages() -> None:
     assert sorted(order) == list(range(6)) and order[0] == 0
     topics = ["backup" if i % 2 == 0 else "index" for i in order]
     assert topics == ["backup"] * 3 + ["index"] * 3
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n_pages=st.integers(1, 8),
+    pairs_per_page=st.integers(0, 4),
+    fraction=st.sampled_from([0.0, 0.25, 0.5, 0.9]),
+    seed=st.integers(0, 1000),
+)
+def test_no_knowledge_probe_reaches_a_training_file(
+    n_pages: int, pairs_per_page: int, fraction: float, seed: int
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs = write_inputs(Path(tmp), [page_body(n) for n in range(n_pages)], pairs_per_page)
+        report = build(dirs, eval_fraction=0.2, probe_fraction=fraction, split_seed=seed)
+        probe_qa = list(read_jsonl(dirs.eval / "probe_qa.jsonl"))
+        probe_triples = list(read_jsonl(dirs.eval / "probe_triples.jsonl"))
+        sets_text = "\n".join(
+            f.read_text() for f in (*dirs.sft.glob("*.json"), *dirs.orpo.glob("*.json"))
+        )
+        row_tokens = {
+            t
+            for phase in PHASES
+            for row in read_phase_rows(dirs.cpt / phase.name)
+            for t in row.input_ids
+        }
+        for pair in probe_qa:
+            assert json.dumps(pair["question"]) not in sets_text
+            assert json.dumps(pair["answer"]) not in sets_text
+            # the question's last word ("p3w1?") occurs in no page text, only in its Q/A block
+            assert encode_words([pair["question"].split()[-1]])[0][0] not in row_tokens
+        for triple in probe_triples:
+            for name in ("prompt", "chosen", "rejected"):
+                assert json.dumps(triple[name]) not in sets_text
+        # a point's two triples are probes together, or trained on together
+        points = {(t["page_id"], t["point"]) for t in probe_triples}
+        assert len(probe_triples) == 2 * len(points)
+        # probes come only from training pages, and every record is somewhere
+        held = {p["id"] for p in read_jsonl(dirs.eval / "pages.jsonl")}
+        assert not {r["page_id"] for r in (*probe_qa, *probe_triples)} & held
+        sources = {p["id"] for p in read_jsonl(dirs.eval / "sources.jsonl")}
+        assert sources == held | {r["page_id"] for r in (*probe_qa, *probe_triples)}
+        assert (
+            report["eval"]["probe_pairs"]
+            + report["eval"]["pairs"]
+            + report["sft"]["domain_examples"]
+            == n_pages * pairs_per_page
+        )
+        if fraction == 0:
+            assert not probe_qa and not probe_triples
+        excluded = list(read_jsonl(dirs.sft / "exclusions.jsonl"))
+        assert {e["id"] for e in excluded if e["reason"] == "knowledge_probe"} == {
+            p["id"] for p in probe_qa
+        }
+
+
+def test_a_probe_stays_a_probe_when_records_are_added() -> None:
+    from tasks.datasets.build import draw_probes
+
+    keys = [f"{n:04d}" for n in range(200)]
+    small = draw_probes(keys[:100], 0.25, 7)
+    large = draw_probes(keys, 0.25, 7)
+    assert small == {k for k in large if k in keys[:100]}
+    assert 30 <= len(large) <= 70

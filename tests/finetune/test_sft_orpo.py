@@ -1,6 +1,8 @@
 """The sft and orpo stages: YAML generated from params, LlamaFactory run as a subprocess with
 its output in the Prefect run log, a merged model plain transformers loads, ORPO's margin
-growing on a separable set, resume after a kill, and a NaN loss failing the stage.
+growing on a separable set, resume after a kill, a NaN loss failing the stage, and the
+overfitting watch (a validation split where the set can spare it, eval loss in the curves,
+eval loss rising while train loss falls flagged in the report).
 
 The stage runs train a 2-layer Llama (hidden 64) for a few steps, ~30 s each; the SmolLM2
 runs are marked slow."""
@@ -31,7 +33,7 @@ from tasks.core.params import (
     load_params,
     parse_section,
 )
-from tasks.core.records import DOMAIN_PREF
+from tasks.core.records import DOMAIN_PREF, DOMAIN_SFT
 from tasks.finetune.llamafactory import (
     FINGERPRINT_FILE,
     LlamaFactoryError,
@@ -50,7 +52,22 @@ from tasks.finetune.llamafactory import (
     render_train_config,
     run_streamed,
 )
-from tests.support.lf_inputs import orpo_params, sft_params, write_sets, write_tiny_model
+from tasks.finetune.validation import (
+    EVAL_OFF,
+    ValidationPlan,
+    count_validation_rows,
+    find_overfitting,
+    plan_validation,
+    summarize_validation,
+    write_loss_curves,
+)
+from tests.support.lf_inputs import (
+    orpo_params,
+    sft_params,
+    write_sets,
+    write_thin_set,
+    write_tiny_model,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,6 +77,11 @@ def test_shipped_params_are_valid() -> None:
     orpo = load_params("orpo", OrpoParams, REPO / "params.yaml")
     assert sft.finetuning_type == orpo.finetuning_type == "lora"
     assert sft.output != orpo.output and sft.checkpoints != orpo.checkpoints
+    # the demo's sets of 5-10 rows hold one row out for validation; smaller ones train on all
+    for shipped in (sft, orpo):
+        minimum = shipped.validation_min_rows
+        held_out = [plan_validation(shipped.train, n, minimum, "s", "x").rows for n in (4, 5, 10)]
+        assert held_out == [0, 1, 1]
 
 
 @pytest.mark.parametrize(
@@ -74,6 +96,17 @@ def test_shipped_params_are_valid() -> None:
         ("orpo", OrpoParams, {"train": {"pref_loss": "sigmoid"}}, "always orpo"),
         ("orpo", OrpoParams, {"train": {"pref_beta": 0}}, "pref_beta"),
         ("orpo", OrpoParams, {"train": {"model_name_or_path": "m"}}, "orpo.model"),
+        ("sft", SftParams, {"train": {"eval_dataset": "x"}}, "val_size"),
+        ("sft", SftParams, {"train": {"val_size": 1}}, "LlamaFactory reads 1 as the whole set"),
+        ("sft", SftParams, {"train": {"val_size": -0.1}}, "val_size must be"),
+        ("orpo", OrpoParams, {"train": {"early_stopping_steps": 3}}, "needs evaluations"),
+        (
+            "sft",
+            SftParams,
+            {"train": {"val_size": 0.1, "eval_strategy": "steps", "early_stopping_steps": 0}},
+            "integer >= 1",
+        ),
+        ("orpo", OrpoParams, {"validation_min_rows": 1}, "validation_min_rows"),
     ],
 )
 def test_keys_the_flow_sets_are_rejected_in_params(
@@ -114,6 +147,94 @@ def test_general_set_is_interleaved_at_the_datasets_ratio() -> None:
     assert render_mix(["docs_sft"], {**interleave, "interleave_probs": "0.9,0.1"}, 0.3) == {
         "interleave_probs": None
     }
+
+
+@pytest.mark.parametrize(("rows", "val_size"), [(5, 0.1), (11, 0.1), (7, 0.25), (20, 3.0)])
+def test_validation_rows_match_the_split_llamafactory_makes(rows: int, val_size: float) -> None:
+    from datasets import Dataset
+
+    # LlamaFactory 0.9.5's own call (data_utils.split_dataset)
+    test_size = int(val_size) if val_size > 1 else val_size
+    split = Dataset.from_dict({"i": list(range(rows))}).train_test_split(test_size=test_size)
+    assert len(split["test"]) == count_validation_rows(rows, val_size)
+
+
+def test_a_set_too_small_to_split_trains_on_every_row_without_evaluation() -> None:
+    train = {"val_size": 0.1, "eval_strategy": "steps", "early_stopping_steps": 3}
+    plan = plan_validation(train, 10, 5, "sft", DOMAIN_SFT)
+    # early stopping watches eval loss unless params name another metric
+    assert plan == ValidationPlan(1, None, {"metric_for_best_model": "eval_loss"})
+    small = plan_validation(train, 4, 5, "sft", DOMAIN_SFT)
+    assert small.rows == 0 and small.overrides == EVAL_OFF
+    assert small.skipped == (
+        f"no validation split: set {DOMAIN_SFT} has 4 row(s), fewer than "
+        "sft.validation_min_rows (5); every row trains"
+    )
+    whole = plan_validation({"val_size": 8, "eval_strategy": "epoch"}, 8, 5, "orpo", DOMAIN_PREF)
+    assert whole.skipped and "val_size 8 would take all 8 row(s)" in whole.skipped
+    off = plan_validation({"val_size": 0, "eval_strategy": "steps"}, 8, 5, "orpo", DOMAIN_PREF)
+    assert off.skipped == "no validation split: orpo.train.val_size is 0"
+    unused = plan_validation({"val_size": 0.1, "eval_strategy": "no"}, 8, 5, "sft", DOMAIN_SFT)
+    assert unused.skipped and "eval_strategy is no" in unused.skipped
+    # what LlamaFactory and transformers would refuse without an eval set is turned off
+    layout = StageLayout(Path("out"), Path("ckpt"))
+    config = render_train_config(
+        "sft", Path("m"), [DOMAIN_SFT], Path("d"), layout, train, False, small.overrides
+    )
+    assert config["eval_strategy"] == "no"
+    assert not {"val_size", "do_eval", "early_stopping_steps"} & config.keys()
+
+
+# a training loss falling by 0.1 a step, logged every step; evaluations every other step
+FALLING = [(s, round(3.0 - 0.1 * s, 2)) for s in range(1, 11)]
+RISING = [(s, round(1.0 + 0.1 * s, 2)) for s in range(1, 11)]
+
+
+@pytest.mark.parametrize(
+    ("evals", "train", "found"),
+    [
+        ([(2, 2.0), (4, 1.7), (6, 1.8), (8, 1.9), (10, 2.2)], FALLING, (4, 10)),
+        ([(2, 2.0), (4, 1.8), (6, 1.7), (8, 1.6), (10, 1.5)], FALLING, None),  # both fall
+        ([(2, 2.0), (4, 1.8), (6, 1.7), (8, 1.6), (10, 1.9)], FALLING, None),  # one rise: noise
+        ([(2, 2.0), (4, 1.7), (6, 1.8), (8, 1.9), (10, 1.7)], FALLING, None),  # back to best
+        ([(2, 2.0), (4, 1.7), (6, 1.8), (8, 1.9), (10, 2.2)], RISING, None),  # both rise
+        ([], FALLING, None),
+    ],
+)
+def test_overfitting_is_eval_loss_rising_while_train_loss_falls(
+    evals: list[tuple[int, float]], train: list[tuple[int, float]], found: tuple[int, int] | None
+) -> None:
+    assert find_overfitting(evals, train, patience=2) == found
+
+
+def test_the_report_and_curves_carry_the_eval_loss(tmp_path: Path) -> None:
+    evals = [(2, 2.0), (4, 1.7), (6, 1.8), (8, 1.9), (10, 2.2)]
+    history = [{"step": s, "loss": v} for s, v in FALLING] + [
+        {"step": s, "eval_loss": v} for s, v in evals
+    ]
+    history.append({"step": 10, "train_loss": 2.4, "train_runtime": 9.0})  # the run's summary
+    config = {"early_stopping_steps": 3}
+    report = summarize_validation(history, ValidationPlan(1), config, max_steps=12)
+    assert report == {
+        "rows": 1,
+        "skipped": None,
+        "evaluations": 5,
+        "eval_loss_last": 2.2,
+        "eval_loss_best": 1.7,
+        "best_step": 4,
+        "overfitting": True,
+        "overfitting_from_step": 4,
+        "overfitting_to_step": 10,
+        "early_stopping_patience": 3,
+        "stopped_early": True,  # 10 of 12 steps
+    }
+    skipped = ValidationPlan(0, "no validation split: why")
+    report = summarize_validation(history[:10], skipped, {}, max_steps=10)
+    assert report["overfitting"] is None and report["skipped"] == skipped.skipped
+    write_loss_curves(tmp_path, "sft", history[:3] + history[10:11])
+    loss_csv = (tmp_path / "sft_loss.csv").read_text()
+    assert loss_csv == "step,loss,eval_loss\n1,2.9,\n2,2.8,2.0\n3,2.7,\n"  # blank: no eval
+    assert (tmp_path / "sft_eval_loss.csv").read_text() == "step,eval_loss\n2,2.0\n"
 
 
 def test_export_merges_lora_and_resaves_full(tmp_path: Path) -> None:
@@ -248,7 +369,8 @@ def stages(prefect_harness: None, inputs: tuple[Path, Path, PathsParams]) -> dic
     root, tiny, paths = inputs
     sft = sft_params(root, tiny)
     sft_state = sft_flow(paths, sft, Path("unused"), 0.5, return_state=True)
-    orpo = orpo_params(root, sft.output / "model", max_steps=8)
+    # early stopping on, with a patience longer than the run: LlamaFactory accepts the wiring
+    orpo = orpo_params(root, sft.output / "model", max_steps=8, early_stopping_steps=10)
     orpo_state = orpo_flow(paths, orpo, Path("unused"), return_state=True)
     return {
         "paths": paths,
@@ -308,8 +430,21 @@ def test_stage_trains_and_writes_a_merged_model(stages: dict[str, Any], stage: s
     assert any(line.startswith("{'loss': ") for line in logs)
     reports = stages["paths"].reports
     assert json.loads((reports / f"{stage}.json").read_text())["steps"] == report["steps"]
+    steps = params.train["max_steps"]
     curve = (reports / f"{stage}_loss.csv").read_text().splitlines()
-    assert curve[0] == "step,loss" and len(curve) == 1 + params.train["max_steps"]
+    assert curve[0] == "step,loss,eval_loss" and len(curve) == 1 + steps
+    # one row held out and evaluated every other step: eval_loss there, blank between
+    evaluated = [int(row.split(",")[0]) for row in curve[1:] if not row.endswith(",")]
+    assert evaluated == list(range(2, steps + 1, 2))
+    assert train["val_size"] == 0.1 and train["eval_strategy"] == "steps"
+    assert any("'eval_loss': " in line for line in logs)
+    eval_curve = (reports / f"{stage}_eval_loss.csv").read_text().splitlines()
+    assert eval_curve[0] == "step,eval_loss" and len(eval_curve) == 1 + len(evaluated)
+    validation = report["validation"]
+    assert validation["rows"] == 1 and validation["skipped"] is None
+    assert validation["evaluations"] == len(evaluated)
+    assert math.isfinite(validation["eval_loss_last"])
+    assert isinstance(validation["overfitting"], bool)
 
 
 def test_orpo_trains_from_the_merged_sft_model_without_a_reference(
@@ -333,6 +468,18 @@ def test_orpo_margin_grows_on_a_separable_set(stages: dict[str, Any]) -> None:
     assert rows[0] == "step,margin,chosen,rejected,accuracy"
 
 
+def test_orpo_early_stopping_watches_the_eval_loss(stages: dict[str, Any]) -> None:
+    params, report, _ = stages["orpo"]
+    train = yaml.safe_load(StageLayout(params.output, params.checkpoints).train_yaml.read_text())
+    assert train["early_stopping_steps"] == 10 and train["metric_for_best_model"] == "eval_loss"
+    validation = report["validation"]
+    assert validation["early_stopping_patience"] == 10 and validation["stopped_early"] is False
+    # transformers tracked the same best evaluation the report names
+    state = json.loads((params.checkpoints / "trainer_state.json").read_text())
+    assert state["best_metric"] == pytest.approx(validation["eval_loss_best"])
+    assert state["best_global_step"] == validation["best_step"]
+
+
 def kill_when_saved(checkpoint_state: Path, killed: list[int]) -> None:
     """SIGKILL the llamafactory-cli this test process started, once it has saved a checkpoint."""
     deadline = time.monotonic() + 300
@@ -347,8 +494,11 @@ def kill_when_saved(checkpoint_state: Path, killed: list[int]) -> None:
 def test_a_killed_run_resumes_from_its_last_checkpoint(
     prefect_harness: None, inputs: tuple[Path, Path, PathsParams]
 ) -> None:
-    # full fine-tuning here, so the export path without an adapter is covered too
+    # full fine-tuning on a set too small for a validation split, so the export path without an
+    # adapter and a run without evaluation are covered too
     root, tiny, paths = inputs
+    thin = write_thin_set(paths.sft, root / "resume" / "sft", DOMAIN_SFT, rows=3)
+    paths = paths.model_copy(update={"sft": thin, "reports": root / "resume" / "reports"})
     params = sft_params(
         root / "resume", tiny, finetuning_type="full", max_steps=12, learning_rate=1e-4
     )
@@ -378,6 +528,18 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(
     assert steps == list(range(1, 13))  # the checkpoint's history continued, no step twice
     assert report["finetuning_type"] == "full" and generate(params.output / "model")
     assert not (params.output / "adapter").exists()
+    # every row trained, nothing was evaluated, and the report says why
+    validation = report["validation"]
+    assert validation["rows"] == validation["evaluations"] == 0
+    assert validation["overfitting"] is None
+    assert validation["skipped"] == (
+        f"no validation split: set {DOMAIN_SFT} has 3 row(s), fewer than "
+        "sft.validation_min_rows (5); every row trains"
+    )
+    train = yaml.safe_load((params.output / "train.yaml").read_text())
+    assert train["eval_strategy"] == "no" and "val_size" not in train
+    assert any(validation["skipped"] in line for line in logs)
+    assert (paths.reports / "sft_eval_loss.csv").read_text() == "step,eval_loss\n"
 
 
 @pytest.mark.slow
@@ -456,6 +618,7 @@ def test_a_set_below_the_minimum_passes_the_model_on_and_says_why(
     assert passed_on.keys() == weights(tiny).keys()
     assert all(torch.equal(v, weights(tiny)[k]) for k, v in passed_on.items())
     assert json.loads((tmp_path / "reports" / "orpo.json").read_text())["skipped"] is True
-    assert (tmp_path / "reports" / "orpo_loss.csv").read_text() == "step,loss\n"
+    assert (tmp_path / "reports" / "orpo_loss.csv").read_text() == "step,loss,eval_loss\n"
+    assert (tmp_path / "reports" / "orpo_eval_loss.csv").read_text() == "step,eval_loss\n"
     # a declared DVC output: a first run that skips must still leave it
     assert params.checkpoints.is_dir()

@@ -22,6 +22,7 @@ from tasks.llm.client import (
     build_client,
     check_endpoint,
     parse_completion,
+    render_strict_schema,
 )
 from tests.support.fake_openai import FakeOpenAI, drop, malformed, ok, sleep, status
 
@@ -106,6 +107,72 @@ async def test_grammar_without_structured_mode_is_refused(fake_openai: FakeOpenA
     async with client_for(fake_openai) as client:
         with pytest.raises(ValueError, match="structured"):
             await client.complete(MESSAGES, grammar="g")
+    assert fake_openai.chat_requests == []
+
+
+# What pydantic makes of a model with a nested model, a list and an optional field.
+VERDICTS_SCHEMA: dict[str, Any] = {
+    "$defs": {
+        "Verdict": {
+            "properties": {
+                "verdict": {"enum": ["yes", "no"], "type": "string"},
+                "reason": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
+            },
+            "required": ["verdict"],
+            "title": "Verdict",
+            "type": "object",
+        }
+    },
+    "properties": {"verdicts": {"items": {"$ref": "#/$defs/Verdict"}, "type": "array"}},
+    "required": ["verdicts"],
+    "title": "Verdicts",
+    "type": "object",
+}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("structured", "path"),
+    [
+        ("gbnf", ["json_schema"]),
+        ("vllm", ["structured_outputs", "json"]),
+        ("vllm-legacy", ["guided_json"]),
+        ("none", ["response_format", "json_schema", "schema"]),
+    ],
+)
+async def test_json_schema_fields_per_structured_mode(
+    fake_openai: FakeOpenAI, structured: str, path: list[str]
+) -> None:
+    async with client_for(fake_openai, structured) as client:
+        await client.complete(MESSAGES, json_schema=VERDICTS_SCHEMA, extra_body={"top_k": 5})
+    body = fake_openai.chat_bodies[0]
+    sent = body
+    for key in path:
+        sent = sent[key]
+    expected = render_strict_schema(VERDICTS_SCHEMA) if structured == "none" else VERDICTS_SCHEMA
+    assert sent == expected
+    assert body["top_k"] == 5 and body["temperature"] == 0.7
+    if structured == "none":
+        assert body["response_format"]["type"] == "json_schema"
+        assert body["response_format"]["json_schema"]["name"] == "Verdicts"
+        assert body["response_format"]["json_schema"]["strict"] is True
+
+
+def test_strict_schemas_close_every_object_and_require_every_property() -> None:
+    strict = render_strict_schema(VERDICTS_SCHEMA)
+    verdict = strict["$defs"]["Verdict"]
+    assert verdict["required"] == ["verdict", "reason"]
+    assert verdict["additionalProperties"] is False and strict["additionalProperties"] is False
+    assert "default" not in verdict["properties"]["reason"]
+    assert verdict["properties"]["reason"]["anyOf"][1] == {"type": "null"}
+    assert VERDICTS_SCHEMA["$defs"]["Verdict"]["required"] == ["verdict"]  # not mutated
+
+
+@pytest.mark.asyncio
+async def test_a_grammar_and_a_json_schema_together_are_refused(fake_openai: FakeOpenAI) -> None:
+    async with client_for(fake_openai, "gbnf") as client:
+        with pytest.raises(ValueError, match="not both"):
+            await client.complete(MESSAGES, grammar="g", json_schema=VERDICTS_SCHEMA)
     assert fake_openai.chat_requests == []
 
 
@@ -305,3 +372,32 @@ async def test_real_smollm2_follows_a_grammar() -> None:
     assert got.completion_tokens > 0 and got.prompt_tokens > 0
     # The repeated prompt comes from llama.cpp's prefix cache, and the usage says so.
     assert got.cached_prompt_tokens == 0 < again.cached_prompt_tokens < again.prompt_tokens + 1
+
+
+@pytest.mark.asyncio
+async def test_real_smollm2_follows_a_json_schema() -> None:
+    from tasks.core.tokens import find_smollm2_gguf
+    from tasks.llm.server import start_llama_server
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "verdict": {"enum": ["yes", "no"], "type": "string"},
+            "score": {"type": "integer", "minimum": 0, "maximum": 10},
+        },
+        "required": ["verdict", "score"],
+        "additionalProperties": False,
+    }
+    alias = "SmolLM2-135M-Instruct"
+    with start_llama_server(
+        find_smollm2_gguf(), port=free_port(), alias=alias, n_parallel=1, n_ctx=1024, threads=1
+    ) as base_url:
+        sampling = SamplingParams(temperature=0.0, max_tokens=48, seed=1)
+        params = EndpointParams(base_url=base_url, model=alias, sampling=sampling, timeout_s=30)
+        prompt = "Is pip a Python package installer? Answer as JSON with a verdict and a score."
+        async with build_client(params, "gbnf") as client:
+            got = await client.complete([{"role": "user", "content": prompt}], json_schema=schema)
+    assert got.finish_reason == "stop", got
+    reply = json.loads(got.text)
+    assert set(reply) == {"verdict", "score"}, reply
+    assert reply["verdict"] in ("yes", "no") and 0 <= reply["score"] <= 10, reply

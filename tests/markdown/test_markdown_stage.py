@@ -67,7 +67,8 @@ def test_only_changed_pages_are_converted_again(tmp_path: Path, tokenizer_cache:
     assert (changed["converted"], changed["reused"]) == (1, 3)
     after = snapshot(md)
     differing = {name for name in before if before[name] != after.get(name)}
-    pages = differing - {"state.json", "index.jsonl"}  # the index holds each page's sha
+    # the index holds each page's sha, profiles.jsonl each page's profile for the template
+    pages = differing - {"state.json", "index.jsonl", "profiles.jsonl"}
     assert len(pages) == 1
     assert "filesystem" in after[pages.pop()].decode()
 

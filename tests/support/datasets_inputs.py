@@ -106,5 +106,7 @@ def training_text(dirs: DatasetDirs) -> str:
 
 
 def build(dirs: DatasetDirs, **overrides: Any) -> dict[str, Any]:
-    params = DatasetsParams(**{"pii": {"kinds": []}, **overrides})  # type: ignore[arg-type]
+    # No probes unless a test asks: the other tests count every pair and triple in the sets.
+    defaults = {"pii": {"kinds": []}, "probe_fraction": 0.0}
+    params = DatasetsParams(**{**defaults, **overrides})  # type: ignore[arg-type]
     return build_datasets(dirs, params, PHASES, MIX, WORDS)

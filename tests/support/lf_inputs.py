@@ -3,6 +3,8 @@ chat template), the sets the datasets stage writes, and stage params pointing in
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,11 @@ TINY_TRAIN: dict[str, Any] = {
     "learning_rate": 5.0e-3,
     "logging_steps": 1,
     "save_steps": 2,
+    # one row held out of a set of 5-10, evaluated every other step
+    "val_size": 0.1,
+    "eval_strategy": "steps",
+    "eval_steps": 2,
+    "per_device_eval_batch_size": 2,
     "seed": 0,
     "disable_tqdm": True,
     "overwrite_cache": True,
@@ -79,3 +86,11 @@ def orpo_params(root: Path, model: Path, **train: Any) -> OrpoParams:
         checkpoints=root / "checkpoints" / "orpo",
         train={**TINY_TRAIN, "pref_beta": 0.1, **train},
     )
+
+
+def write_thin_set(source: Path, out: Path, name: str, rows: int) -> Path:
+    """A copy of a dataset_dir with set `name` cut to its first `rows` rows."""
+    shutil.copytree(source, out)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(json.loads(path.read_text("utf-8"))[:rows]), "utf-8")
+    return out

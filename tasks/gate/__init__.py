@@ -1,0 +1,2 @@
+"""gate: a release passes only when its eval metrics reach the floors pinned in params and
+do not regress against a baseline release."""
