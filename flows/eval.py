@@ -70,6 +70,7 @@ def eval_flow(params: Params) -> dict[str, Any]:
     judged, judge_stats = judge(results, inputs, params.eval, params.paths.eval_cache)
     metrics, reference = summarize(results, inputs, judged, params.eval)
     report: dict[str, Any] = {
+        "model_order": [r.name for r in results],  # the report's maps are sorted by key
         "models": {
             r.name: {"hash": r.hash, "answers_generated": r.generated, "generate_s": r.generate_s}
             for r in results

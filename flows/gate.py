@@ -36,8 +36,8 @@ def gate_flow(paths: PathsParams, params: GateParams) -> dict[str, Any]:
     """Check the gated model's metrics against the floors and the baseline release."""
     started, log = time.monotonic(), get_run_logger()
     eval_path = paths.reports / "eval.json"
-    metrics = read_eval_report(eval_path)["metrics"]
-    names = list(metrics)
+    evaluated = read_eval_report(eval_path)
+    metrics, names = evaluated["metrics"], evaluated["model_order"]
     model, base = params.model or names[-1], names[0]
     floors = check_floors(metrics, params.floors, model, base)
     baseline = []

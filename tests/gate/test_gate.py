@@ -25,6 +25,8 @@ def entry(value: float, low: float | None = None, high: float | None = None, n: 
 METRICS = {
     "base": {"ppl_general": entry(20.0), "choice_good.probes": entry(0.5)},
     "orpo": {"ppl_general": entry(24.0), "choice_good.probes": entry(0.6, 0.4, 0.8)},
+    "cpt/short": {"ppl_general": entry(21.0), "choice_good.probes": entry(0.5)},
+    "sft": {"ppl_general": entry(21.0), "choice_good.probes": entry(0.5)},
 }
 
 
@@ -87,7 +89,13 @@ def test_gate_flow_fails_with_one_line_per_broken_floor(
 
     reports = tmp_path / "reports"
     reports.mkdir()
-    (reports / "eval.json").write_text(json.dumps({"metrics": METRICS}))
+    # written as the eval stage writes it: keys sorted, the stage order kept apart
+    (reports / "eval.json").write_text(
+        json.dumps(
+            {"metrics": METRICS, "model_order": ["base", "cpt/short", "sft", "orpo"]},
+            sort_keys=True,
+        )
+    )
     paths = PathsParams(reports=reports)
     passing = GateParams(floors=[Floor(metric="ppl_general", max_ratio_vs_base=1.5)])
     assert gate_flow(paths, passing)["passed"]
