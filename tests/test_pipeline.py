@@ -20,13 +20,26 @@ import yaml
 
 from tasks.core.procs import free_port
 from tasks.services.local import run_prefect_server, serve_directory
-from tests.support.fake_openai import FakeOpenAI, ok, serve_fake_openai
+from tests.support.fake_openai import Behaviour, FakeOpenAI, ok, serve_fake_openai
+from tests.support.judge_fakes import answer_schema, sent_schema
 from tests.support.synth_fakes import scripted_reply
 from tests.support.tiny_models import write_tiny_gguf
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_SITE = REPO / "tests" / "fixtures" / "sites" / "postgresql-15"
-STAGES = ("crawl", "markdown", "synth", "model", "datasets", "cpt@short", "cpt@long", "sft", "orpo")
+STAGES = (
+    "crawl",
+    "markdown",
+    "synth",
+    "model",
+    "datasets",
+    "cpt@short",
+    "cpt@long",
+    "sft",
+    "orpo",
+    "eval",
+    "gate",
+)
 
 
 def copy_repo(dest: Path) -> None:
@@ -78,8 +91,16 @@ def run_dvc(repo: Path, api: str, *args: str) -> subprocess.CompletedProcess[str
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[FakeOpenAI]:
     with serve_fake_openai() as fake:
-        fake.responder = lambda body: ok(scripted_reply(body["messages"]))
+        fake.responder = synth_or_judge
         yield fake
+
+
+def synth_or_judge(body: dict[str, Any]) -> Behaviour:
+    """The synth stage's scripted replies; a request that carries a JSON schema is the eval
+    stage's judge, answered with an instance of that schema."""
+    if sent_schema(body) is not None:
+        return answer_schema(body)
+    return ok(scripted_reply(body["messages"]))
 
 
 def point_params_at(repo: Path, site: str, endpoint: FakeOpenAI) -> None:
@@ -88,6 +109,7 @@ def point_params_at(repo: Path, site: str, endpoint: FakeOpenAI) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["crawl"].update(start_urls=[site + "backup.html"], max_depth=None, exclude=[])
     params["synth"]["endpoint"].update(base_url=endpoint.base_url, model=endpoint.model)
+    params["eval"]["judge"].update(base_url=endpoint.base_url, model=endpoint.model)
     params["model"]["gguf"] = str(write_tiny_gguf(repo.parent / "tiny.gguf"))
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -172,7 +194,7 @@ def unusable_triples(body: dict[str, Any]) -> Any:
     user = body["messages"][-1]["content"]
     if "Main point: " in user and "<POINT> main point <END>" not in user:
         return ok("<QUE> Is that so? <END>\n")
-    return ok(scripted_reply(body["messages"]))
+    return synth_or_judge(body)
 
 
 def test_an_empty_preference_set_completes_the_pipeline_with_orpo_skipped(
