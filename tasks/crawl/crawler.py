@@ -793,6 +793,8 @@ def describe_start(out: Outcome) -> str:
         )
     if out.content_type:
         parts.append(f"Content-Type {out.content_type}")
+    if out.reason == "too_large":
+        parts.append("over crawl.max_page_bytes (raise it for pages this big)")
     return ", ".join(parts)
 
 

@@ -734,6 +734,10 @@ def test_a_start_url_that_yields_no_page_fails_before_changing_anything(
     docsite.add("/docs/index.html", b"%PDF-1.4", content_type="application/pdf")
     with pytest.raises(CrawlError, match=r"skipped \(not_html\).*Content-Type application/pdf"):
         crawl(docsite, tmp_path)
+
+    docsite.add("/docs/index.html", "<html><body>" + "<p>words</p>" * 400 + "</body></html>")
+    with pytest.raises(CrawlError, match=r"skipped \(too_large\).*over crawl.max_page_bytes"):
+        crawl(docsite, tmp_path, max_page_bytes=2000)
     assert (tmp_path / "manifest.jsonl").read_bytes() == before
     assert sorted((tmp_path / "pages").iterdir()) == pages
 

@@ -622,3 +622,20 @@ def test_a_set_below_the_minimum_passes_the_model_on_and_says_why(
     assert (tmp_path / "reports" / "orpo_eval_loss.csv").read_text() == "step,eval_loss\n"
     # a declared DVC output: a first run that skips must still leave it
     assert params.checkpoints.is_dir()
+
+
+def test_an_empty_sft_set_passes_the_cpt_model_on_and_says_why(
+    prefect_harness: None, inputs: tuple[Path, Path, PathsParams], tmp_path: Path
+) -> None:
+    _, tiny, paths = inputs
+    empty = write_thin_set(paths.sft, tmp_path / "sft", DOMAIN_SFT, rows=0)
+    thin = paths.model_copy(update={"sft": empty, "reports": tmp_path / "reports"})
+    params = sft_params(tmp_path, tiny)
+    report = sft_flow(thin, params, Path("unused"), 0.5, min_examples=2)
+    assert report["skipped"] is True and report["model_passed_on_from"] == str(tiny)
+    assert f"set {DOMAIN_SFT} has 0 row(s)" in report["reason"]
+    assert "datasets.min_examples (2)" in report["reason"]
+    passed_on = weights(params.output / "model")
+    assert all(torch.equal(v, weights(tiny)[k]) for k, v in passed_on.items())
+    assert json.loads((tmp_path / "reports" / "sft.json").read_text())["skipped"] is True
+    assert params.checkpoints.is_dir()
