@@ -345,6 +345,11 @@ class SynthParams(Strict):
     min_grounding: float = Field(
         0.5, ge=0, le=1, description="share of an answer's content words found in its page"
     )
+    literal_grounding: bool = Field(
+        True,
+        description="an answer (a triple's chosen one) whose number, version, flag, path, code "
+        "span or identifier does not occur in its page is dropped as literal_not_in_page",
+    )
     near_duplicate_jaccard: float = Field(
         0.7, gt=0, le=1, description="questions whose word-bigram Jaccard reaches this are dups"
     )
@@ -787,6 +792,9 @@ class GeneralSftParams(Strict):
         return self
 
 
+OrpoBalance = Literal["keep", "drop", "upsample"]
+
+
 class DatasetsParams(Strict):
     eval_fraction: float = Field(
         0.15, ge=0, lt=1, description="share of pages held out (with all their Q/A and triples)"
@@ -842,11 +850,12 @@ class DatasetsParams(Strict):
         "knowledge probes (by record id): they train nothing while their page's text stays "
         "in CPT, so the eval asks whether the model learned what it read",
     )
-    orpo_balance: Literal["keep", "drop"] = Field(
+    orpo_balance: OrpoBalance = Field(
         "keep",
         description="keep = every preference triple, the achieved competency mix reported "
         "against synth.competency_mix; drop = only the largest subset that follows the "
-        "mix exactly (the rest go to the exclusions file)",
+        "mix exactly (the rest go to the exclusions file); upsample = every triple, plus "
+        "seeded copies of the under-represented competencies' triples until the mix is met",
     )
 
 

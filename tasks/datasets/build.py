@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from tasks.core.documents import read_pages
 from tasks.core.io import read_jsonl, replace_folder, write_json_atomic, write_jsonl_atomic
 from tasks.core.packed import PhaseMeta, write_phase
-from tasks.core.params import DatasetsParams, PhaseParams
+from tasks.core.params import CompetencyMix, DatasetsParams, PhaseParams
 from tasks.core.records import (
     DOMAIN_PREF,
     DOMAIN_SFT,
@@ -42,7 +42,7 @@ from tasks.core.records import (
     text_id,
 )
 from tasks.datasets.chat_sets import (
-    balance_competencies,
+    balance_orpo,
     general_info,
     pref_info,
     read_general_sft,
@@ -51,6 +51,7 @@ from tasks.datasets.chat_sets import (
     render_sft_row,
     sample_general,
     sft_info,
+    summarize_competencies,
 )
 from tasks.datasets.dedup import find_near_duplicates
 from tasks.datasets.packing import pack_documents
@@ -488,22 +489,17 @@ def write_sft(sft_dir: Path, train: list[Page], params: DatasetsParams) -> dict[
 
 
 def write_orpo(
-    orpo_dir: Path, train: list[Page], params: DatasetsParams, mix: Any, dropped: Dropped
+    orpo_dir: Path,
+    train: list[Page],
+    params: DatasetsParams,
+    mix: CompetencyMix,
+    dropped: Dropped,
 ) -> dict[str, Any]:
     triples = [t for page in train for t in page.triples]
-    # Balancing deletes triples the endpoint was paid for; on a small site it can leave ORPO
-    # nothing to train on, so by default every triple stays and the mix is only reported.
-    kept, left = (
-        balance_competencies(triples, mix)
-        if params.orpo_balance == "drop"
-        else (
-            triples,
-            [],
-        )
-    )
+    trained, left = balance_orpo(triples, mix, params.orpo_balance, params.split_seed)
     for triple in left:
         dropped.add("orpo", triple.id, triple.url, "competency_balance", triple.competency.value)
-    rows = [render_pref_row(t, params.system_prompt) for t in kept]
+    rows = [render_pref_row(t, params.system_prompt) for t in trained]
 
     def fill(tmp: Path) -> None:
         write_json_atomic(tmp / f"{DOMAIN_PREF}.json", rows)
@@ -514,12 +510,13 @@ def write_orpo(
 
     replace_folder(orpo_dir, fill)
     return {
+        "balance": params.orpo_balance,
         "triples_in": len(triples),
-        "triples": len(kept),
+        "triples": len(rows),
         "dropped_for_balance": len(left),
-        "competency_mix": dict(sorted(Counter(t.competency.value for t in kept).items())),
-        "competency_target": mix.model_dump(),
-        "kinds": dict(sorted(Counter(t.kind.value for t in kept).items())),
+        "upsampled": len(rows) - len(triples) + len(left),
+        "competency_mix": summarize_competencies(trained, mix),
+        "kinds": dict(sorted(Counter(t.kind.value for t in trained).items())),
     }
 
 
@@ -589,7 +586,7 @@ def build_datasets(
     dirs: DatasetDirs,
     params: DatasetsParams,
     phases: Sequence[PhaseParams],
-    mix: Any,
+    mix: CompetencyMix,
     tokenizer: TokenizerInfo,
 ) -> dict[str, Any]:
     """Every set of the stage, written; returns the report (without wall time)."""

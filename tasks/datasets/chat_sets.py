@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tasks.core.params import CompetencyMix, GeneralSftParams
+from tasks.core.params import CompetencyMix, GeneralSftParams, OrpoBalance
 from tasks.core.records import (
     Competency,
     PreferenceTriple,
@@ -113,6 +113,19 @@ def sample_general(rows: list[dict[str, Any]], domain: int, ratio: float, seed: 
     return [rows[i] for i in picked]
 
 
+def balance_orpo(
+    triples: Sequence[PreferenceTriple], mix: CompetencyMix, mode: OrpoBalance, seed: int
+) -> tuple[list[PreferenceTriple], list[PreferenceTriple]]:
+    """The preference set under datasets.orpo_balance; returns (rows, dropped). The mix is
+    what synth aims its competency tags at: by default no paid-for triple is thrown away to
+    follow it more closely (on a small site that can leave ORPO nothing to train on)."""
+    if mode == "drop":
+        return balance_competencies(triples, mix)
+    if mode == "upsample":
+        return upsample_competencies(triples, mix, seed), []
+    return list(triples), []
+
+
 def balance_competencies(
     triples: Sequence[PreferenceTriple], mix: CompetencyMix
 ) -> tuple[list[PreferenceTriple], list[PreferenceTriple]]:
@@ -132,6 +145,46 @@ def balance_competencies(
         else:
             dropped.append(triple)
     return kept, dropped
+
+
+def upsample_competencies(
+    triples: Sequence[PreferenceTriple], mix: CompetencyMix, seed: int
+) -> list[PreferenceTriple]:
+    """Every triple, then copies of the under-represented competencies' triples until each
+    tag's count is its share of the total (rounded). A tag's copies go round a seeded shuffle
+    of its triples, so no triple is copied twice before all of them once. Tags without a
+    share or without triples are left as they are: copies cannot bring them to the mix, and
+    the other tags' shares are taken relative to each other."""
+    by_tag: dict[Competency, list[PreferenceTriple]] = {}
+    for triple in triples:
+        by_tag.setdefault(triple.competency, []).append(triple)
+    target = {Competency(k): v for k, v in mix.model_dump().items()}
+    weights = {c: target[c] for c in Competency if target[c] > 0 and c in by_tag}
+    shares = {c: w / sum(weights.values()) for c, w in weights.items()}
+    total = sum(len(by_tag[c]) for c in shares)
+    while any(round(s * total) < len(by_tag[c]) for c, s in shares.items()):
+        total += 1
+    rng = random.Random(seed)
+    copies = []
+    for tag, share in shares.items():
+        pool = rng.sample(by_tag[tag], len(by_tag[tag]))
+        copies += [pool[i % len(pool)] for i in range(round(share * total) - len(pool))]
+    return [*triples, *copies]
+
+
+def summarize_competencies(
+    triples: Sequence[PreferenceTriple], mix: CompetencyMix
+) -> dict[str, dict[str, float | int]]:
+    """Per competency: its target share, the share it reached in the set, and its count."""
+    have = Counter(t.competency.value for t in triples)
+    return {
+        tag: {
+            "target": share,
+            "achieved": round(have[tag] / len(triples), 4) if triples else 0.0,
+            "count": have[tag],
+        }
+        for tag, share in mix.model_dump().items()
+    }
 
 
 def render_dataset_info(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -6,6 +6,9 @@ plural "s" folded) that also occur in the page or chunk the answer was generated
 A fluent answer about something the page never mentions scores low; a paraphrase that reuses
 the page's terms scores high. It does not prove the answer is right. A degenerate loop (under
 half of the word trigrams distinct) is dropped as "repetitive" before grounding is measured.
+When the page text is given, a grounded answer is still dropped as "literal_not_in_page" if
+one of its technical literals (a port, version, flag, path, code span, identifier: see
+tasks/synth/literals.py) does not occur in the page: those are the facts a reader copies.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+
+from tasks.synth.literals import find_invented_literals
 
 WORD_RE = re.compile(r"[a-z0-9_]+(?:['.\-][a-z0-9_]+)*")
 CITATION_RE = re.compile(r"\(?\s*\bsource:.*$", re.IGNORECASE | re.DOTALL)
@@ -97,7 +102,11 @@ def is_repetitive(text: str, min_words: int = 12, min_distinct: float = 0.5) -> 
     return len(set(trigrams)) / len(trigrams) < min_distinct
 
 
-def check_answer(answer: str, source_words: set[str], min_grounding: float) -> str | None:
+def check_answer(
+    answer: str, source_words: set[str], min_grounding: float, page: str | None = None
+) -> str | None:
+    """`page`: the text the answer was generated from, whose literals it may use; None = the
+    literals are not checked."""
     text = strip_citation(answer)
     if not text:
         return "empty"
@@ -109,23 +118,43 @@ def check_answer(answer: str, source_words: set[str], min_grounding: float) -> s
         return "refusal"
     if score_grounding(answer, source_words) < min_grounding:
         return "ungrounded"
+    if page is not None and find_invented_literals(text, page):
+        return "literal_not_in_page"
     return None
 
 
 def check_qa(
-    question: str, answer: str, source_words: set[str], min_grounding: float
+    question: str,
+    answer: str,
+    source_words: set[str],
+    min_grounding: float,
+    page: str | None = None,
 ) -> str | None:
     """None to keep the pair, else the reason to drop it (duplicates are checked corpus-wide)."""
-    return check_question(question) or check_answer(answer, source_words, min_grounding)
+    return check_question(question) or check_answer(answer, source_words, min_grounding, page)
 
 
 def check_triple(
-    prompt: str, chosen: str, rejected: str, source_words: set[str], min_grounding: float
+    prompt: str,
+    chosen: str,
+    rejected: str,
+    source_words: set[str],
+    min_grounding: float,
+    page: str | None = None,
 ) -> str | None:
     """Only the chosen answer must be grounded: the rejected one is wrong on purpose."""
     if normalize_text(chosen) == normalize_text(rejected):
         return "chosen_equals_rejected"
-    return check_question(prompt) or check_answer(chosen, source_words, min_grounding)
+    return check_question(prompt) or check_answer(chosen, source_words, min_grounding, page)
+
+
+def describe_drop(reason: str, text: str, answer: str, page: str | None) -> str:
+    """An exclusion's detail: the dropped text, after the literals the page lacks when they
+    were the reason."""
+    if reason != "literal_not_in_page" or page is None:
+        return text
+    invented = find_invented_literals(strip_citation(answer), page)
+    return f"not in page: {', '.join(invented)} | {text}"
 
 
 def split_shingles(text: str, n: int = 2) -> frozenset[tuple[str, ...]]:

@@ -53,6 +53,7 @@ from tasks.synth.filters import (
     NearDuplicates,
     check_qa,
     check_triple,
+    describe_drop,
     extract_content_words,
     score_grounding,
     strip_citation,
@@ -668,6 +669,7 @@ def add_qa(
     dups: NearDuplicates,
 ) -> None:
     source = extract_content_words(chunk.document)
+    page = chunk.document if p.literal_grounding else None
     for parsed in parse_qa(reply.text, reply.finish_reason):
         if parsed.problem:
             out.parse_failures[f"qa.{parsed.problem}"] += 1
@@ -676,12 +678,13 @@ def add_qa(
         question, answer = parsed.fields
         answer = cite_answer(answer, render_citation(doc))
         out.grounding.append(score_grounding(answer, source))
-        reason = check_qa(question, answer, source, p.min_grounding)
+        reason = check_qa(question, answer, source, p.min_grounding, page)
         if reason is None and dups.add(question):
             reason = "near_duplicate"
         if reason:
             out.dropped[f"qa.{reason}"] += 1
-            out.qa_exclusions.append(exclusion(doc, reason, chunk.index, f"{question} | {answer}"))
+            detail = describe_drop(reason, f"{question} | {answer}", answer, page)
+            out.qa_exclusions.append(exclusion(doc, reason, chunk.index, detail))
             continue
         out.pairs.append(
             QAPair(
@@ -728,6 +731,7 @@ def add_triple(
 ) -> None:
     doc, chunk = work.doc, work.chunks[reply.chunk]
     source = extract_content_words(chunk.document)
+    page = chunk.document if p.literal_grounding else None
     result = reply.result
     for parsed in parse_triple(result.text, result.finish_reason)[:1]:
         if parsed.problem:
@@ -736,12 +740,13 @@ def add_triple(
             continue
         prompt, chosen, rejected = parsed.fields
         out.grounding.append(score_grounding(chosen, source))
-        reason = check_triple(prompt, chosen, rejected, source, p.min_grounding)
+        reason = check_triple(prompt, chosen, rejected, source, p.min_grounding, page)
         if reason is None and dups.add(prompt):
             reason = "near_duplicate"
         if reason:
             out.dropped[f"triples.{reason}"] += 1
-            detail = f"{reply.kind.value}: {prompt} | {chosen} | {rejected}"
+            text = f"{reply.kind.value}: {prompt} | {chosen} | {rejected}"
+            detail = describe_drop(reason, text, chosen, page)
             out.pref_exclusions.append(exclusion(doc, reason, chunk.index, detail))
             continue
         out.triples.append(build_triple(work, reply, parsed))

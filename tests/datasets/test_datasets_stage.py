@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections import Counter
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tasks.core.io import read_jsonl, write_jsonl_atomic
 from tasks.core.packed import PAD_DOC, read_phase_meta, read_phase_rows
-from tasks.core.params import DatasetsParams
+from tasks.core.params import DatasetsParams, ParamsError, load_params
 from tasks.core.records import DOMAIN_PREF
 from tasks.datasets.build import interleave, split_pages
 from tests.support.datasets_inputs import (
@@ -140,20 +142,72 @@ def test_sets_are_in_llamafactory_layout_and_packed_rows_mark_documents(tmp_path
 def test_competency_balance_follows_the_target_mix_when_asked_to_drop(tmp_path: Path) -> None:
     dirs = write_inputs(tmp_path, [page_body(n) for n in range(20)])
     report = build(dirs, eval_fraction=0.0, orpo_balance="drop")
-    mix = report["orpo"]["competency_mix"]
-    total = sum(mix.values())
+    orpo = report["orpo"]
+    assert orpo["balance"] == "drop" and orpo["upsampled"] == 0
+    assert orpo["dropped_for_balance"] == orpo["triples_in"] - orpo["triples"] > 0
     for tag, share in MIX.model_dump().items():
-        assert abs(mix.get(tag, 0) - share * total) <= 1
+        assert abs(orpo["competency_mix"][tag]["count"] - share * orpo["triples"]) <= 1
+    excluded = list(read_jsonl(dirs.orpo / "exclusions.jsonl"))
+    assert len(excluded) == orpo["dropped_for_balance"]
+    assert {e["reason"] for e in excluded} == {"competency_balance"}
 
 
 def test_every_triple_is_kept_by_default_and_the_mix_reported(tmp_path: Path) -> None:
     dirs = write_inputs(tmp_path, [page_body(n) for n in range(20)])
-    report = build(dirs, eval_fraction=0.0)
-    orpo = report["orpo"]
-    assert orpo["triples"] == orpo["triples_in"] > 0 and orpo["dropped_for_balance"] == 0
-    assert orpo["competency_target"] == MIX.model_dump()
-    assert sum(orpo["competency_mix"].values()) == orpo["triples"]
+    orpo = build(dirs, eval_fraction=0.0)["orpo"]
+    assert orpo["balance"] == "keep"
+    assert orpo["triples"] == orpo["triples_in"] > 0
+    assert orpo["dropped_for_balance"] == orpo["upsampled"] == 0
+    mix = orpo["competency_mix"]
+    assert {tag: m["target"] for tag, m in mix.items()} == MIX.model_dump()
+    assert sum(m["count"] for m in mix.values()) == orpo["triples"]
+    assert all(m["achieved"] == round(m["count"] / orpo["triples"], 4) for m in mix.values())
     assert len(json.loads((dirs.orpo / f"{DOMAIN_PREF}.json").read_text())) == orpo["triples"]
+
+
+def test_keep_leaves_out_only_what_the_other_checks_drop(tmp_path: Path) -> None:
+    dirs = write_inputs(tmp_path, [page_body(n) for n in range(12)])
+    build(dirs, eval_fraction=0.3, probe_fraction=0.25)
+    synthesized = {t["id"] for t in read_jsonl(dirs.pref / "triples.jsonl")}
+    held = {t["id"] for t in read_jsonl(dirs.eval / "triples.jsonl")}
+    probes = {t["id"] for t in read_jsonl(dirs.eval / "probe_triples.jsonl")}
+    excluded = list(read_jsonl(dirs.orpo / "exclusions.jsonl"))
+    assert held and probes and {e["reason"] for e in excluded} == {"knowledge_probe"}
+    rows = json.loads((dirs.orpo / f"{DOMAIN_PREF}.json").read_text())
+    assert sorted(r["id"] for r in rows) == sorted(synthesized - held - probes)
+
+
+def test_upsampling_copies_under_represented_triples_until_the_mix_is_met(
+    tmp_path: Path,
+) -> None:
+    dirs = write_inputs(tmp_path, [page_body(n) for n in range(20)])
+    orpo = build(dirs, eval_fraction=0.0, orpo_balance="upsample")["orpo"]
+    rows = json.loads((dirs.orpo / f"{DOMAIN_PREF}.json").read_text())
+    synthesized = {t["id"] for t in read_jsonl(dirs.pref / "triples.jsonl")}
+    assert orpo["balance"] == "upsample" and orpo["dropped_for_balance"] == 0
+    assert orpo["triples"] == len(rows) == orpo["triples_in"] + orpo["upsampled"]
+    assert orpo["upsampled"] > 0
+    copies = Counter(r["id"] for r in rows)
+    assert set(copies) == synthesized and max(copies.values()) == 2  # none dropped, none twice
+    for tag, share in MIX.model_dump().items():
+        assert abs(orpo["competency_mix"][tag]["count"] - share * len(rows)) <= 1
+        assert abs(orpo["competency_mix"][tag]["achieved"] - share) < 0.02
+    # the copies are the under-represented tags' (every tag has as many triples here)
+    copied = {r["competency"] for r in rows if copies[r["id"]] > 1}
+    assert copied == {t for t, s in MIX.model_dump().items() if s > min(MIX.model_dump().values())}
+    build(dirs, eval_fraction=0.0, orpo_balance="upsample")
+    assert json.loads((dirs.orpo / f"{DOMAIN_PREF}.json").read_text()) == rows
+
+
+def test_an_unknown_balance_mode_names_the_value_and_the_allowed_ones(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("datasets:\n  orpo_balance: balanced\n")
+    with pytest.raises(ParamsError) as err:
+        load_params("datasets", DatasetsParams, path)
+    assert (
+        "datasets.orpo_balance: Input should be 'keep', 'drop' or 'upsample' (got 'balanced')"
+        in str(err.value)
+    )
 
 
 def test_sets_below_the_minimum_are_reported(tmp_path: Path) -> None:

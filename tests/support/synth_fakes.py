@@ -17,7 +17,9 @@ def count_words(text: str) -> int:
     return len(text.split())
 
 
-SENTENCE_RE = re.compile(r"[A-Z][^.!?\n`|#]{30,200}[.!?]")
+# A sentence ends at a stop before a space: cut at the dot of 15.4 or of a URL, it would quote
+# a literal the page does not hold.
+SENTENCE_RE = re.compile(r"[A-Z](?:[^.!?\n`|#]|[.!?](?=\S)){30,200}[.!?](?=\s|$)")
 
 
 def document_of(messages: list[dict[str, str]]) -> str:

@@ -518,3 +518,57 @@ def test_a_full_disk_stops_the_stage_naming_the_file_and_keeps_what_was_paid_for
     again = ScriptedClient()
     report = run(again, dirs, count)
     assert report["calls"]["reused"] == len(kept)  # paid for before the disk filled: kept
+
+
+def answer_with_ports(body: dict[str, Any]) -> Behaviour:
+    """Q/A: one answer with the page's port, one with an invented port. Triples: the good
+    kind's chosen answer invents the port; the false-premise kind's chosen answer has the
+    page's port and its rejected answer an invented one."""
+    user = body["messages"][-1]["content"]
+    fact = "pg_dump connects to port {} unless -p says otherwise."
+    if "<QUE> question <ANS>" in user:
+        return ok(
+            f"<QUE> Which port does pg_dump connect to by default? <ANS> {fact.format(5432)} "
+            f"<END>\n<QUE> Where should a standby server be dumped from? "
+            f"<ANS> {fact.format(5433)} <END>\n"
+        )
+    if "Main point: " in user and "<POINT> main point <END>" not in user:
+        point = user.split("Main point: ", 1)[1].split("\n", 1)[0]
+        chosen, rejected = (5432, 5433) if "corrective answer" in user else (5433, 6543)
+        return ok(
+            f"<QUE> Which port matters when {point[:60]}? <GOOD> {fact.format(chosen)} "
+            f"<BAD> {fact.format(rejected)} <END>\n"
+        )
+    return ok(scripted_reply(body["messages"]))
+
+
+def test_answers_with_a_literal_not_in_their_page_are_dropped(dirs: SynthDirs, count: Any) -> None:
+    shorten_pages(dirs, ["backup-dump.html"], max_chars=1500)
+    page = page_file(dirs, "backup-dump.html")
+    fact = "pg_dump connects to port 5432 unless -p says otherwise."
+    page.write_text(f"{page.read_text()}\n{fact}\n")
+    with serve_fake_openai() as fake:
+        fake.responder = answer_with_ports
+        endpoint = EndpointParams(base_url=fake.base_url, model=fake.model)
+        params = SYNTH.model_copy(update={"endpoint": endpoint})
+        report = asyncio.run(run_via_fast_client(dirs, params, count))
+        pairs, triples = read_rows(dirs.qa / "pairs.jsonl"), read_rows(dirs.pref / "triples.jsonl")
+        excluded = read_rows(dirs.qa / "exclusions.jsonl")
+        excluded += read_rows(dirs.pref / "exclusions.jsonl")
+        unchecked = params.model_copy(update={"literal_grounding": False})
+        unchecked_report = asyncio.run(run_via_fast_client(dirs, unchecked, count))
+
+    assert report["dropped_by_reason"]["qa.literal_not_in_page"] == 1
+    assert report["dropped_by_reason"]["triples.literal_not_in_page"] >= 1
+    assert [p["answer"].split(" (Source")[0] for p in pairs] == [
+        "pg_dump connects to port 5432 unless -p says otherwise."
+    ]
+    assert triples and all(t["kind"] == "false_premise" for t in triples)
+    assert all("5432" in t["chosen"] and "5433" in t["rejected"] for t in triples)
+    literal = [r for r in excluded if r["reason"] == "literal_not_in_page"]
+    assert literal and all(r["detail"].startswith("chunk 0: not in page: 5433 |") for r in literal)
+
+    # Without the check the same cached replies are kept, invented port and all.
+    assert unchecked_report["calls"]["made"] == 0
+    assert "qa.literal_not_in_page" not in unchecked_report["dropped_by_reason"]
+    assert any("5433" in p["answer"] for p in read_rows(dirs.qa / "pairs.jsonl"))
