@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -136,9 +137,18 @@ def test_stage_writes_pairs_triples_and_report(dirs: SynthDirs, count: Any) -> N
     # Dropped items are in the exclusions file with their reason, counted in the report.
     excluded = read_rows(dirs.qa / "exclusions.jsonl") + read_rows(dirs.pref / "exclusions.jsonl")
     assert excluded and all(r["reason"] and r["detail"] for r in excluded)
-    assert {r["reason"] for r in excluded} <= {
+    # ... and so is every page, section and main point that kept nothing.
+    gaps = Counter(r["reason"] for r in excluded if r["reason"].startswith("uncovered_"))
+    assert {r["reason"] for r in excluded} - set(gaps) <= {
         k.split(".", 1)[1] for k in [*report["dropped_by_reason"], *report["parse_failures"]]
     }
+    coverage = report["coverage"]
+    assert gaps == {
+        f"uncovered_{name[:-1]}": c["total"] - c["covered"]
+        for name, c in coverage.items()
+        if c["covered"] < c["total"]
+    }
+    assert coverage["pages"] == {"covered": 4, "total": 4, "share": 1.0}
     assert 0 < report["grounding"]["grounded_share"] <= 1
     ids = [p.id for p in pairs]
     assert len(set(ids)) == len(ids)
@@ -438,7 +448,8 @@ def test_cut_or_refused_replies_are_asked_again_and_only_the_final_one_cached(
     with serve_fake_openai() as fake:
         fake.responder = respond
         endpoint = EndpointParams(base_url=fake.base_url, model=fake.model, retries=2)
-        params = SYNTH.model_copy(update={"endpoint": endpoint})
+        # One attempt: backup-file's truncated reply is not asked again as a new attempt.
+        params = SYNTH.model_copy(update={"endpoint": endpoint, "max_attempts": 1})
         report = asyncio.run(run_via_fast_client(dirs, params, count))
         calls = len(fake.chat_requests)
         again = asyncio.run(run_via_fast_client(dirs, params, count))
