@@ -8,12 +8,15 @@ each (every drop and failed page, with its reason), data/synth_cache/ (one file 
 keyed by the call's hash, so reruns call only for changed pages and a killed run resumes),
 reports/synth.json and reports/synth_retry.yaml (the failed pages; while there are any, the
 next `dvc repro` reruns the stage for them: see tasks/synth/rerun.py). Each page that needs
-calls is a Prefect task run; cached pages are replayed.
+calls is a Prefect task run; cached pages are replayed. The stage fails after writing all of
+that when too many pages failed (synth.max_failed_fraction) or when it kept too little of what
+it asked for (synth.min_yield: tasks/synth/yields.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from typing import Any
 
@@ -30,6 +33,7 @@ from tasks.synth.generate import (
     Settings,
     SynthDirs,
     TokenCounter,
+    TooManyFailedPages,
     check_failed_pages,
     read_token_counter,
     run_logger,
@@ -37,6 +41,7 @@ from tasks.synth.generate import (
     synthesize_page,
 )
 from tasks.synth.rerun import RETRY_FILE, write_retry_state
+from tasks.synth.yields import TooLowYield, check_yield
 
 
 @task(name="synth-page", cache_policy=NO_CACHE, task_run_name="synth-{work.doc.id}")
@@ -46,8 +51,11 @@ async def synth_page(client: ChatClient, work: PageWork, settings: Settings) -> 
 
 async def generate(dirs: SynthDirs, params: SynthParams, count: TokenCounter) -> dict[str, Any]:
     async with build_client(params.endpoint, params.structured, run_logger()) as client:
-        await check_endpoint(client)  # an unreachable endpoint fails here, naming its URL
-        return await run_synth(client, dirs, params, count, run_page=synth_page)
+        # An unreachable endpoint fails here, naming its URL; else this is the model it serves.
+        served = await check_endpoint(client)
+        return await run_synth(
+            client, dirs, params, count, run_page=synth_page, endpoint_model=served
+        )
 
 
 @flow(name="synth", flow_run_name=run_name("synth"))
@@ -62,9 +70,13 @@ def synth_flow(paths: PathsParams, params: SynthParams) -> dict[str, Any]:
     write_retry_state(paths.reports / RETRY_FILE, report["failed_pages"])
     publish_report("synth", report)
     check_failed_pages(report, params.max_failed_fraction)
+    check_yield(report, params.min_yield)
     return report
 
 
 if __name__ == "__main__":
     params = load_stage_params()
-    synth_flow(params.paths, params.synth)
+    try:
+        synth_flow(params.paths, params.synth)
+    except (TooManyFailedPages, TooLowYield) as exc:
+        sys.exit(f"error: {exc}")

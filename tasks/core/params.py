@@ -356,6 +356,20 @@ class SynthParams(Strict):
     max_failed_fraction: float = Field(
         0.1, ge=0, le=1, description="the stage fails when more pages than this keep failing"
     )
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        le=10,
+        description="asks per Q/A, points or triple call whose reply kept nothing (each with "
+        "its own seed) before its chunk or point counts as uncovered; 1 = no second ask",
+    )
+    min_yield: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="the stage fails (after writing its outputs) when kept Q/A pairs and "
+        "triples are fewer than this share of those asked for",
+    )
     cache_prune_unused_days: float | None = Field(
         None,
         ge=0,

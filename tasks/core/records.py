@@ -117,8 +117,9 @@ class QAPair(BaseModel):
     chunk: int = 0  # which part of the page it was generated from (0 when not split)
     question: str
     answer: str
-    model: str
+    model: str  # the model its reply named
     prompt_version: str
+    endpoint_model: str | None = None  # the model GET /models named; None: it did not say
 
 
 class PreferenceTriple(BaseModel):
@@ -138,8 +139,9 @@ class PreferenceTriple(BaseModel):
     prompt: str
     chosen: str
     rejected: str
-    model: str
+    model: str  # the model its reply named
     prompt_version: str
+    endpoint_model: str | None = None  # the model GET /models named; None: it did not say
 
 
 class CptDocument(BaseModel):

@@ -179,15 +179,38 @@ def parse_completion(text: str, where: str, default_model: str) -> Completion:
     )
 
 
-def parse_model_ids(text: str, where: str) -> list[str]:
-    """The ids (and llama.cpp aliases) of a GET /models body, or MalformedReplyError."""
+def parse_model_list(text: str, where: str) -> list[dict[str, Any]]:
+    """The entries of a GET /models body, each with an id, or MalformedReplyError."""
     try:
         entries = json.loads(text)["data"]
-        ids = [str(e["id"]) for e in entries]
-        ids += [str(a) for e in entries for a in e.get("aliases") or []]
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        if not all(isinstance(e, dict) and "id" in e for e in entries):
+            raise TypeError
+    except (json.JSONDecodeError, KeyError, TypeError):
         raise MalformedReplyError(f"{where}: not a model list: {text[:200]!r}") from None
-    return sorted(set(ids))
+    return list(entries)
+
+
+def list_model_names(entry: dict[str, Any]) -> list[str]:
+    """An entry's id and its llama.cpp aliases."""
+    return [str(entry["id"]), *(str(a) for a in entry.get("aliases") or [])]
+
+
+def find_served_model(entries: list[dict[str, Any]], model: str) -> str | None:
+    """What the endpoint serves under the name `model`: vLLM's `root` (the weights behind a
+    served name) when the entry has one, else its id; None when no entry is named `model`."""
+    for entry in entries:
+        if model in list_model_names(entry):
+            root = entry.get("root")
+            return root if isinstance(root, str) and root else str(entry["id"])
+    return None
+
+
+def lacks_model_list(exc: EndpointError) -> bool:
+    """The server answered GET /models, but with no usable list (404, 405, a body that is not
+    a list): it is up, it just does not say what it serves."""
+    cause = exc.__cause__
+    missing = isinstance(cause, openai.APIStatusError) and cause.status_code in (404, 405)
+    return missing or isinstance(exc, MalformedReplyError)
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
@@ -379,16 +402,16 @@ class OpenAIChatClient:
             reply, retried = await self.call_with_retries(where, attempt)
         return replace(reply, retried=retried)
 
-    async def fetch_model_ids(self) -> list[str]:
-        """GET {base_url}/models: the ids (and llama.cpp aliases) the server serves."""
+    async def fetch_models(self) -> list[dict[str, Any]]:
+        """GET {base_url}/models: the entries of the models the server serves."""
         where = f"{self.base_url}/models"
 
-        async def attempt() -> list[str]:
+        async def attempt() -> list[dict[str, Any]]:
             raw = await self.sdk.models.with_raw_response.list()
-            return parse_model_ids(raw.text, where)
+            return parse_model_list(raw.text, where)
 
-        ids, _ = await self.call_with_retries(where, attempt)
-        return ids
+        entries, _ = await self.call_with_retries(where, attempt)
+        return entries
 
     async def aclose(self) -> None:
         await self.sdk.close()
@@ -411,11 +434,22 @@ def build_client(
     return OpenAIChatClient(params, structured=structured, logger=logger)
 
 
-async def check_endpoint(client: OpenAIChatClient) -> None:
-    """Fail fast, before any work, when the endpoint is down or does not serve the model."""
-    served = await client.fetch_model_ids()
-    if client.params.model not in served:
+async def check_endpoint(client: OpenAIChatClient) -> str | None:
+    """Fail fast, before any work, when the endpoint is down or does not serve the model.
+    Returns what it serves under the model's name (find_served_model), or None from a server
+    without a usable GET /models, which cannot be checked and is trusted."""
+    try:
+        entries = await client.fetch_models()
+    except EndpointError as exc:
+        if not lacks_model_list(exc):
+            raise
+        client.log.warning("%s; the served model is not checked", exc)
+        return None
+    served = find_served_model(entries, client.params.model)
+    if served is None:
+        names = sorted({name for entry in entries for name in list_model_names(entry)})
         raise EndpointError(
             f"{client.base_url}/models: model {client.params.model!r} is not served there; "
-            f"it serves {served}"
+            f"it serves {names}"
         )
+    return served

@@ -12,6 +12,14 @@ Only a final reply is cached. The client retries what failed on the wire (errors
 malformed bodies); a reply that arrived but was cut at max_tokens or refused is asked again
 here, with another seed, at most synth.endpoint.retries times, and the last reply is final
 whatever it says. A cache entry that cannot be read back is counted, logged and asked again.
+
+A final reply of which nothing was kept (every pair or triple dropped by a parser or filter, no
+usable main point) is asked again as a new attempt, with the seed base + 100 * attempt (re-asks
+add at most synth.endpoint.retries <= 20 to it, so no two asks share a seed), at most
+synth.max_attempts times in all. Each attempt is its own cached call; attempt 0's key is the key
+calls had before attempts existed, so old caches stay valid. Whether a reply kept anything is
+decided within its page (near-duplicates of the page's own earlier questions included): pages
+run independently, so a question that repeats another page's is dropped but not asked again.
 """
 
 from __future__ import annotations
@@ -48,6 +56,14 @@ from tasks.core.records import (
 )
 from tasks.core.tokens import load_tokenizer, resolve_tokenizer
 from tasks.llm.client import ChatClient, Completion, EndpointError
+from tasks.synth.coverage import (
+    Coverage,
+    PagePlan,
+    Verdict,
+    list_triple_slots,
+    measure_coverage,
+    select_last_verdicts,
+)
 from tasks.synth.filters import (
     REFUSAL_RE,
     NearDuplicates,
@@ -72,6 +88,7 @@ from tasks.synth.prompts import (
     render_triple_grammar,
     render_triple_prompt,
 )
+from tasks.synth.yields import summarize_yield
 
 TokenCounter = Callable[[str], int]
 T = TypeVar("T")
@@ -82,6 +99,7 @@ EXCLUSIONS_FILE = "exclusions.jsonl"
 HEADING_RE = re.compile(r"^#{1,6}\s")
 FENCE_RE = re.compile(r"^\s*(?:`{3,}|~{3,})")
 GOLDEN = (math.sqrt(5) - 1) / 2
+ATTEMPT_SEED_STEP = 100  # endpoint.retries is at most 20, so re-asks never reach the next attempt
 log = logging.getLogger(__name__)
 
 
@@ -206,6 +224,7 @@ class CallRequest:
     grammar: str | None
     key: str
     url: str = ""  # the page's, for log lines
+    attempt: int = 0
 
 
 @dataclass(frozen=True)
@@ -257,25 +276,30 @@ class Settings:
     def persona(self) -> Persona:
         return Persona(self.params.persona, self.params.domain)
 
-    def request_body(self, grammar: str | None, reask: int = 0) -> dict[str, Any] | None:
+    def request_body(
+        self, grammar: str | None, reask: int = 0, attempt: int = 0
+    ) -> dict[str, Any] | None:
         """A grammar bounds the reply's length in characters, and a token is at least one, so
         max_tokens raised to that bound never cuts a constrained reply short (a small model
-        otherwise fills its budget and every block ends truncated). A re-asked call gets the
-        next seed: the same seed would bring back the same reply."""
+        otherwise fills its budget and every block ends truncated). A re-asked call and each
+        new attempt get their own seed: the same seed would bring back the same reply."""
         p = self.params
         body: dict[str, Any] = {}
         if grammar is not None:
             longest = grammar_max_chars(p.max_pairs, p.max_points, p.max_answer_chars)
             body["max_tokens"] = max(p.endpoint.sampling.max_tokens, longest)
-        if reask and p.endpoint.sampling.seed is not None:
-            body["seed"] = p.endpoint.sampling.seed + reask
+        shift = ATTEMPT_SEED_STEP * attempt + reask
+        if shift and p.endpoint.sampling.seed is not None:
+            body["seed"] = p.endpoint.sampling.seed + shift
         return body or None
 
 
 def render_call_key(
-    messages: list[dict[str, str]], grammar: str | None, params: SynthParams
+    messages: list[dict[str, str]], grammar: str | None, params: SynthParams, attempt: int = 0
 ) -> str:
-    spec = {
+    """The hash of what decides a call's reply. Attempt 0 leaves the attempt out, so its key
+    is the one every call had before attempts existed."""
+    spec: dict[str, Any] = {
         "prompt_version": PROMPT_VERSION,
         "messages": messages,
         "grammar": grammar,
@@ -283,14 +307,18 @@ def render_call_key(
         "model": params.endpoint.model,
         "sampling": params.endpoint.sampling.model_dump(),
     }
+    if attempt:
+        spec["attempt"] = attempt
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def build_request(kind: str, doc: MarkdownDoc, user: str, grammar: str, s: Settings) -> CallRequest:
+def build_request(
+    kind: str, doc: MarkdownDoc, user: str, grammar: str, s: Settings, attempt: int
+) -> CallRequest:
     messages = render_messages(s.persona, user)
     used = grammar if s.params.structured != "none" else None
-    key = render_call_key(messages, used, s.params)
-    return CallRequest(kind, doc.id, messages, used, key, doc.url)
+    key = render_call_key(messages, used, s.params, attempt)
+    return CallRequest(kind, doc.id, messages, used, key, doc.url, attempt)
 
 
 def cache_path(cache_dir: Path, key: str) -> Path:
@@ -354,6 +382,7 @@ def write_cached(cache_dir: Path, request: CallRequest, result: CallResult) -> N
         "key": result.key,
         "kind": request.kind,
         "page_id": request.page_id,
+        "attempt": request.attempt,
         "prompt_version": PROMPT_VERSION,
         "text": result.text,
         "finish_reason": result.finish_reason,
@@ -385,7 +414,7 @@ def check_final(reply: Completion) -> str | None:
 
 
 async def ask_once(client: ChatClient, request: CallRequest, s: Settings, reask: int) -> Completion:
-    body = s.request_body(request.grammar, reask)
+    body = s.request_body(request.grammar, reask, request.attempt)
     try:
         reply = await client.complete(request.messages, grammar=request.grammar, extra_body=body)
     except (EndpointError, openai.APIError) as exc:
@@ -454,42 +483,99 @@ async def gather_all(*aws: Awaitable[T]) -> list[T]:
 
 
 @dataclass(frozen=True)
-class TripleReply:
+class ChunkReply:
+    """The reply to a chunk's Q/A or points call on one attempt (0 = the first ask)."""
+
     chunk: int
-    point: str
-    kind: TripleKind
-    competency: Competency
+    attempt: int
     result: CallResult
 
 
 @dataclass(frozen=True)
+class TripleSlot:
+    """One triple a chunk asks for; `index` is its place in list_triple_slots."""
+
+    index: int
+    point: str
+    kind: TripleKind
+    competency: Competency
+
+
+@dataclass(frozen=True)
+class TripleReply:
+    chunk: int
+    slot: TripleSlot
+    attempt: int
+    result: CallResult
+
+
+@dataclass(frozen=True)
+class ChunkAsked:
+    """What one attempt asked of a chunk: None for a call it did not ask."""
+
+    qa: ChunkReply | None
+    points: ChunkReply | None
+    triples: list[TripleReply]
+
+
+@dataclass(frozen=True)
 class PageOutcome:
+    """Every reply of a page's calls: attempt by attempt, each in chunk (and slot) order."""
+
     work: PageWork
-    qa: tuple[tuple[int, CallResult], ...] = ()
-    points: tuple[tuple[int, CallResult], ...] = ()
+    qa: tuple[ChunkReply, ...] = ()
+    points: tuple[ChunkReply, ...] = ()
     triples: tuple[TripleReply, ...] = ()
     error: str | None = None
 
+    def extend(self, asked: Sequence[ChunkAsked]) -> PageOutcome:
+        """With the replies of the next attempt."""
+        return PageOutcome(
+            self.work,
+            qa=(*self.qa, *(a.qa for a in asked if a.qa)),
+            points=(*self.points, *(a.points for a in asked if a.points)),
+            triples=(*self.triples, *(t for a in asked for t in a.triples)),
+        )
 
-def qa_request(work: PageWork, chunk: Chunk, s: Settings) -> CallRequest:
+    def list_attempts(self) -> list[int]:
+        """The attempt of every reply."""
+        return [r.attempt for r in (*self.qa, *self.points)] + [t.attempt for t in self.triples]
+
+    def last_points(self, chunk: int) -> CallResult | None:
+        replies = [r.result for r in self.points if r.chunk == chunk]
+        return replies[-1] if replies else None
+
+
+@dataclass(frozen=True)
+class ChunkDue:
+    """The calls a chunk asks on one attempt: its Q/A call; its points call, then a triple for
+    each slot of the points it gives; and triples asked again."""
+
+    chunk: Chunk
+    tags: tuple[Competency, ...]
+    qa: bool
+    points: bool
+    triples: tuple[TripleSlot, ...] = ()
+
+
+def qa_request(work: PageWork, chunk: Chunk, s: Settings, attempt: int) -> CallRequest:
     user = render_qa_prompt(s.persona, work.doc, chunk.document, chunk.n_pairs)
-    return build_request(
-        "qa", work.doc, user, render_qa_grammar(chunk.n_pairs, s.params.max_answer_chars), s
-    )
+    grammar = render_qa_grammar(chunk.n_pairs, s.params.max_answer_chars)
+    return build_request("qa", work.doc, user, grammar, s, attempt)
 
 
-def points_request(work: PageWork, chunk: Chunk, s: Settings) -> CallRequest:
+def points_request(work: PageWork, chunk: Chunk, s: Settings, attempt: int) -> CallRequest:
     user = render_points_prompt(work.doc, chunk.document, chunk.n_points)
-    return build_request("points", work.doc, user, render_points_grammar(chunk.n_points), s)
+    grammar = render_points_grammar(chunk.n_points)
+    return build_request("points", work.doc, user, grammar, s, attempt)
 
 
 def triple_request(
-    work: PageWork, chunk: Chunk, slot: tuple[str, TripleKind, Competency], s: Settings
+    work: PageWork, chunk: Chunk, slot: TripleSlot, s: Settings, attempt: int
 ) -> CallRequest:
-    point, kind, tag = slot
-    user = render_triple_prompt(work.doc, chunk.document, point, kind, tag)
+    user = render_triple_prompt(work.doc, chunk.document, slot.point, slot.kind, slot.competency)
     grammar = render_triple_grammar(s.params.max_answer_chars)
-    return build_request(kind.value, work.doc, user, grammar, s)
+    return build_request(slot.kind.value, work.doc, user, grammar, s, attempt)
 
 
 def select_points(reply: CallResult, limit: int) -> list[str]:
@@ -501,26 +587,44 @@ def select_points(reply: CallResult, limit: int) -> list[str]:
     return points[:limit]
 
 
-async def synthesize_chunk(
-    client: ChatClient, work: PageWork, chunk: Chunk, tags: list[Competency], s: Settings
-) -> tuple[CallResult, CallResult, list[TripleReply]]:
-    """One chunk's Q/A call beside its points call, whose triples start as soon as the points
-    arrive: no call waits for an unrelated one, so the endpoint's slots stay busy."""
+def plan_slots(points: Sequence[str], tags: Sequence[Competency]) -> tuple[TripleSlot, ...]:
+    slots = zip(list_triple_slots(points), tags, strict=False)
+    return tuple(TripleSlot(i, p, k, t) for i, ((p, k), t) in enumerate(slots))
 
-    async def points_then_triples() -> tuple[CallResult, list[TripleReply]]:
-        points = await fetch_completion(client, points_request(work, chunk, s), s)
-        slots = [(p, k) for p in select_points(points, chunk.n_points) for k in TripleKind]
-        tagged = [(p, k, t) for (p, k), t in zip(slots, tags, strict=False)]
-        requests = [triple_request(work, chunk, slot, s) for slot in tagged]
-        answers = await gather_all(*(fetch_completion(client, r, s) for r in requests))
+
+async def ask_chunk(
+    client: ChatClient, work: PageWork, due: ChunkDue, attempt: int, s: Settings
+) -> ChunkAsked:
+    """One chunk's calls of one attempt: the Q/A call beside the points call, whose triples
+    start as soon as the points arrive: no call waits for an unrelated one, so the endpoint's
+    slots stay busy."""
+    chunk = due.chunk
+
+    async def ask(request: CallRequest) -> CallResult:
+        return await fetch_completion(client, request, s)
+
+    async def points_then_triples() -> tuple[ChunkReply | None, list[TripleReply]]:
+        points, slots = None, due.triples
+        if due.points:
+            points = ChunkReply(
+                chunk.index, attempt, await ask(points_request(work, chunk, s, attempt))
+            )
+            slots = plan_slots(select_points(points.result, chunk.n_points), due.tags)
+        requests = [triple_request(work, chunk, slot, s, attempt) for slot in slots]
+        answers = await gather_all(*(ask(r) for r in requests))
         return points, [
-            TripleReply(chunk.index, p, k, t, r)
-            for (p, k, t), r in zip(tagged, answers, strict=True)
+            TripleReply(chunk.index, slot, attempt, r)
+            for slot, r in zip(slots, answers, strict=True)
         ]
+
+    async def qa() -> ChunkReply | None:
+        if not due.qa:
+            return None
+        return ChunkReply(chunk.index, attempt, await ask(qa_request(work, chunk, s, attempt)))
 
     # The points call is queued first: its reply unlocks the triple calls.
     chain = asyncio.ensure_future(points_then_triples())
-    qa_call = asyncio.ensure_future(fetch_completion(client, qa_request(work, chunk, s), s))
+    qa_call = asyncio.ensure_future(qa())
     try:
         points, triples = await chain
     finally:
@@ -528,37 +632,60 @@ async def synthesize_chunk(
         # its error seen: result() below raises it, or this branch's error supersedes it.
         await asyncio.wait([qa_call])
         qa_call.exception()
-    return qa_call.result(), points, triples
+    return ChunkAsked(qa_call.result(), points, triples)
 
 
-def split_tags(work: PageWork, mix: CompetencyMix) -> list[list[Competency]]:
+def split_tags(work: PageWork, mix: CompetencyMix) -> list[tuple[Competency, ...]]:
     """Each chunk's share of the page's competency tags, fixed before any call (two triples
     per requested point), so tags never depend on what another chunk's calls returned."""
     tags = assign_competencies(work.doc.id, sum(2 * c.n_points for c in work.chunks), mix)
     bounds = list(itertools.accumulate(2 * c.n_points for c in work.chunks))
-    return [tags[end - 2 * c.n_points : end] for c, end in zip(work.chunks, bounds, strict=True)]
+    return [
+        tuple(tags[end - 2 * c.n_points : end]) for c, end in zip(work.chunks, bounds, strict=True)
+    ]
+
+
+def plan_first_attempt(work: PageWork, tags: list[tuple[Competency, ...]]) -> list[ChunkDue]:
+    return [ChunkDue(c, t, qa=True, points=True) for c, t in zip(work.chunks, tags, strict=True)]
+
+
+def plan_retries(
+    outcome: PageOutcome, tags: list[tuple[Competency, ...]], params: SynthParams
+) -> list[ChunkDue]:
+    """The calls whose last reply kept nothing, judged within the page: per chunk, its Q/A
+    call, its points call (then triples for the points it gives) and its triples' slots."""
+    verdicts = assemble_outputs([outcome], params).verdicts
+    dropped = {key for key, v in select_last_verdicts(verdicts).items() if not v.kept}
+    page = outcome.work.doc.id
+    slots = sorted({(t.chunk, t.slot) for t in outcome.triples}, key=lambda c: (c[0], c[1].index))
+    dues = []
+    for chunk, chunk_tags in zip(outcome.work.chunks, tags, strict=True):
+        i = chunk.index
+        again = tuple(s for c, s in slots if c == i and ("triple", page, i, s.index) in dropped)
+        qa, points = ("qa", page, i, 0) in dropped, ("points", page, i, 0) in dropped
+        if qa or points or again:
+            dues.append(ChunkDue(chunk, chunk_tags, qa, points, again))
+    return dues
 
 
 async def synthesize_page(client: ChatClient, work: PageWork, s: Settings) -> PageOutcome:
-    """All calls of one page: per chunk, Q/A and main points, then two triples per point.
-    A call that still fails after the client's retries marks the page failed."""
+    """All calls of one page: per chunk, Q/A and main points, then two triples per point;
+    then, up to synth.max_attempts asks in all, each call whose reply kept nothing is asked
+    again. A call that still fails after the client's retries marks the page failed."""
     tags = split_tags(work, s.params.competency_mix)
+    outcome = PageOutcome(work)
     try:
-        per_chunk = await gather_all(
-            *(
-                synthesize_chunk(client, work, c, t, s)
-                for c, t in zip(work.chunks, tags, strict=True)
+        for attempt in range(s.params.max_attempts):
+            dues = (
+                plan_retries(outcome, tags, s.params) if attempt else plan_first_attempt(work, tags)
             )
-        )
+            if not dues:
+                break
+            asked = await gather_all(*(ask_chunk(client, work, d, attempt, s) for d in dues))
+            outcome = outcome.extend(asked)
     except (EndpointError, openai.APIError) as exc:
         return PageOutcome(work, error=f"{type(exc).__name__}: {exc}")
-    chunks = work.chunks
-    return PageOutcome(
-        work,
-        qa=tuple((c.index, qa) for c, (qa, _, _) in zip(chunks, per_chunk, strict=True)),
-        points=tuple((c.index, pts) for c, (_, pts, _) in zip(chunks, per_chunk, strict=True)),
-        triples=tuple(t for _, _, triples in per_chunk for t in triples),
-    )
+    return outcome
 
 
 PageRunner = Callable[[ChatClient, PageWork, Settings], Awaitable[PageOutcome]]
@@ -608,7 +735,11 @@ def render_page_line(outcome: PageOutcome, replayed: bool) -> str:
     if outcome.error:
         return f"synth {doc.url}: FAILED {outcome.error}"
     n, source = len(outcome.work.chunks), "all from cache" if replayed else "called"
-    return f"synth {doc.url}: {n} chunk(s), {len(outcome.triples)} triple call(s), {source}"
+    again = sum(attempt > 0 for attempt in outcome.list_attempts())
+    retried = f", {again} asked again" if again else ""
+    return (
+        f"synth {doc.url}: {n} chunk(s), {len(outcome.triples)} triple call(s){retried}, {source}"
+    )
 
 
 async def synthesize_pages(
@@ -642,6 +773,7 @@ async def synthesize_pages(
 
 @dataclass
 class Assembled:
+    endpoint_model: str | None = None  # written into every pair's and triple's provenance
     pairs: list[QAPair] = field(default_factory=list)
     triples: list[PreferenceTriple] = field(default_factory=list)
     qa_exclusions: list[Exclusion] = field(default_factory=list)
@@ -650,30 +782,36 @@ class Assembled:
     dropped: Counter[str] = field(default_factory=Counter)
     grounding: list[float] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)  # {url, error} per failed page
+    verdicts: list[Verdict] = field(default_factory=list)  # one per reply
 
     @property
     def failed_pages(self) -> int:
         return len(self.failed)
 
+    def drop(self, family: str, reason: str, parsing: bool, excl: Exclusion, n: int = 1) -> str:
+        """Count `n` dropped items under <family>.<reason> and keep their exclusion."""
+        key = f"{family}.{reason}"
+        (self.parse_failures if parsing else self.dropped)[key] += n
+        (self.qa_exclusions if family == "qa" else self.pref_exclusions).append(excl)
+        return key
 
-def exclusion(doc: MarkdownDoc, reason: str, chunk: int, text: str) -> Exclusion:
-    return Exclusion(id=doc.id, url=doc.url, reason=reason, detail=f"chunk {chunk}: {text[:300]}")
+
+def exclusion(doc: MarkdownDoc, reason: str, chunk: int, text: str, attempt: int = 0) -> Exclusion:
+    where = f"chunk {chunk}, attempt {attempt + 1}" if attempt else f"chunk {chunk}"
+    return Exclusion(id=doc.id, url=doc.url, reason=reason, detail=f"{where}: {text[:300]}")
 
 
 def add_qa(
-    out: Assembled,
-    doc: MarkdownDoc,
-    chunk: Chunk,
-    reply: CallResult,
-    p: SynthParams,
-    dups: NearDuplicates,
+    out: Assembled, work: PageWork, reply: ChunkReply, p: SynthParams, dups: NearDuplicates
 ) -> None:
+    doc, chunk, result = work.doc, work.chunks[reply.chunk], reply.result
     source = extract_content_words(chunk.document)
     page = chunk.document if p.literal_grounding else None
-    for parsed in parse_qa(reply.text, reply.finish_reason):
+    before, drops = len(out.pairs), []
+    for parsed in parse_qa(result.text, result.finish_reason):
         if parsed.problem:
-            out.parse_failures[f"qa.{parsed.problem}"] += 1
-            out.qa_exclusions.append(exclusion(doc, parsed.problem, chunk.index, parsed.raw))
+            excl = exclusion(doc, parsed.problem, chunk.index, parsed.raw, reply.attempt)
+            drops.append(out.drop("qa", parsed.problem, True, excl))
             continue
         question, answer = parsed.fields
         answer = cite_answer(answer, render_citation(doc))
@@ -682,24 +820,31 @@ def add_qa(
         if reason is None and dups.add(question):
             reason = "near_duplicate"
         if reason:
-            out.dropped[f"qa.{reason}"] += 1
             detail = describe_drop(reason, f"{question} | {answer}", answer, page)
-            out.qa_exclusions.append(exclusion(doc, reason, chunk.index, detail))
+            excl = exclusion(doc, reason, chunk.index, detail, reply.attempt)
+            drops.append(out.drop("qa", reason, False, excl))
             continue
-        out.pairs.append(
-            QAPair(
-                id=text_id(doc.id, question, answer),
-                page_id=doc.id,
-                url=doc.url,
-                product=doc.product,
-                version=doc.version,
-                chunk=chunk.index,
-                question=question,
-                answer=answer,
-                model=reply.model,
-                prompt_version=PROMPT_VERSION,
-            )
-        )
+        out.pairs.append(build_pair(doc, reply, question, answer, out.endpoint_model))
+    kept = len(out.pairs) - before
+    out.verdicts.append(Verdict("qa", doc.id, chunk.index, 0, reply.attempt, kept, tuple(drops)))
+
+
+def build_pair(
+    doc: MarkdownDoc, reply: ChunkReply, question: str, answer: str, endpoint_model: str | None
+) -> QAPair:
+    return QAPair(
+        id=text_id(doc.id, question, answer),
+        page_id=doc.id,
+        url=doc.url,
+        product=doc.product,
+        version=doc.version,
+        chunk=reply.chunk,
+        question=question,
+        answer=answer,
+        model=reply.result.model,
+        prompt_version=PROMPT_VERSION,
+        endpoint_model=endpoint_model,
+    )
 
 
 def cite_answer(answer: str, citation: str) -> str:
@@ -708,35 +853,36 @@ def cite_answer(answer: str, citation: str) -> str:
     return f"{strip_citation(answer)} {citation}"
 
 
-def count_point_problems(out: Assembled, work: PageWork, outcome: PageOutcome) -> None:
-    for index, reply in outcome.points:
-        chunk = work.chunks[index]
-        parsed = parse_points(reply.text, reply.finish_reason)
-        for block in parsed:
-            if block.problem:
-                out.parse_failures[f"points.{block.problem}"] += 1
-                out.pref_exclusions.append(exclusion(work.doc, block.problem, index, block.raw))
-        usable = [b.fields[0] for b in parsed if b.problem is None]
-        kept = len(select_points(reply, chunk.n_points))
-        repeated, extra = len(usable) - len(set(usable)), len(set(usable)) - kept
-        for reason, n in (("duplicate_point", repeated), ("points_over_limit", extra)):
-            if n > 0:
-                out.parse_failures[f"points.{reason}"] += n
-                detail = f"{n} point(s) dropped"
-                out.pref_exclusions.append(exclusion(work.doc, reason, index, detail))
+def add_points(out: Assembled, work: PageWork, reply: ChunkReply) -> None:
+    doc, chunk, result = work.doc, work.chunks[reply.chunk], reply.result
+    parsed = parse_points(result.text, result.finish_reason)
+    drops = []
+    for block in parsed:
+        if block.problem:
+            excl = exclusion(doc, block.problem, chunk.index, block.raw, reply.attempt)
+            drops.append(out.drop("points", block.problem, True, excl))
+    usable = [b.fields[0] for b in parsed if b.problem is None]
+    kept = len(select_points(result, chunk.n_points))
+    repeated, extra = len(usable) - len(set(usable)), len(set(usable)) - kept
+    for reason, n in (("duplicate_point", repeated), ("points_over_limit", extra)):
+        if n > 0:
+            excl = exclusion(doc, reason, chunk.index, f"{n} point(s) dropped", reply.attempt)
+            drops += [out.drop("points", reason, True, excl, n)] * n
+    verdict = Verdict("points", doc.id, chunk.index, 0, reply.attempt, kept, tuple(drops))
+    out.verdicts.append(verdict)
 
 
 def add_triple(
     out: Assembled, work: PageWork, reply: TripleReply, p: SynthParams, dups: NearDuplicates
 ) -> None:
-    doc, chunk = work.doc, work.chunks[reply.chunk]
+    doc, chunk, result = work.doc, work.chunks[reply.chunk], reply.result
     source = extract_content_words(chunk.document)
     page = chunk.document if p.literal_grounding else None
-    result = reply.result
+    before, drops = len(out.triples), []
     for parsed in parse_triple(result.text, result.finish_reason)[:1]:
         if parsed.problem:
-            out.parse_failures[f"triples.{parsed.problem}"] += 1
-            out.pref_exclusions.append(exclusion(doc, parsed.problem, chunk.index, parsed.raw))
+            excl = exclusion(doc, parsed.problem, chunk.index, parsed.raw, reply.attempt)
+            drops.append(out.drop("triples", parsed.problem, True, excl))
             continue
         prompt, chosen, rejected = parsed.fields
         out.grounding.append(score_grounding(chosen, source))
@@ -744,54 +890,89 @@ def add_triple(
         if reason is None and dups.add(prompt):
             reason = "near_duplicate"
         if reason:
-            out.dropped[f"triples.{reason}"] += 1
-            text = f"{reply.kind.value}: {prompt} | {chosen} | {rejected}"
+            text = f"{reply.slot.kind.value}: {prompt} | {chosen} | {rejected}"
             detail = describe_drop(reason, text, chosen, page)
-            out.pref_exclusions.append(exclusion(doc, reason, chunk.index, detail))
+            excl = exclusion(doc, reason, chunk.index, detail, reply.attempt)
+            drops.append(out.drop("triples", reason, False, excl))
             continue
-        out.triples.append(build_triple(work, reply, parsed))
+        out.triples.append(build_triple(work, reply, parsed, out.endpoint_model))
+    kept, slot = len(out.triples) - before, reply.slot.index
+    out.verdicts.append(
+        Verdict("triple", doc.id, chunk.index, slot, reply.attempt, kept, tuple(drops))
+    )
 
 
-def build_triple(work: PageWork, reply: TripleReply, parsed: Parsed) -> PreferenceTriple:
-    doc = work.doc
+def build_triple(
+    work: PageWork, reply: TripleReply, parsed: Parsed, endpoint_model: str | None
+) -> PreferenceTriple:
+    doc, slot = work.doc, reply.slot
     prompt, chosen, rejected = parsed.fields
     return PreferenceTriple(
-        id=text_id(doc.id, reply.kind.value, prompt, chosen, rejected),
+        id=text_id(doc.id, slot.kind.value, prompt, chosen, rejected),
         page_id=doc.id,
         url=doc.url,
         product=doc.product,
         version=doc.version,
         chunk=reply.chunk,
-        point=reply.point,
-        kind=reply.kind,
-        competency=reply.competency,
+        point=slot.point,
+        kind=slot.kind,
+        competency=slot.competency,
         prompt=prompt,
         chosen=chosen,
         rejected=rejected,
         model=reply.result.model,
         prompt_version=PROMPT_VERSION,
+        endpoint_model=endpoint_model,
     )
 
 
-def assemble_outputs(outcomes: Sequence[PageOutcome], params: SynthParams) -> Assembled:
-    """Parse every reply, filter, and deduplicate questions across the corpus in reading
-    order (the first of near-duplicates is kept)."""
-    out = Assembled()
-    qa_dups = NearDuplicates(params.near_duplicate_jaccard)
-    pref_dups = NearDuplicates(params.near_duplicate_jaccard)
-    for outcome in outcomes:
-        work = outcome.work
-        if outcome.error:
-            out.failed.append({"url": work.doc.url, "error": outcome.error})
-            for excl in (out.qa_exclusions, out.pref_exclusions):
-                excl.append(exclusion(work.doc, "endpoint_error", 0, outcome.error))
-            continue
-        for index, reply in outcome.qa:
-            add_qa(out, work.doc, work.chunks[index], reply, params, qa_dups)
-        count_point_problems(out, work, outcome)
-        for triple in outcome.triples:
-            add_triple(out, work, triple, params, pref_dups)
+def assemble_outputs(
+    outcomes: Sequence[PageOutcome], params: SynthParams, endpoint_model: str | None = None
+) -> Assembled:
+    """Parse every reply, filter, and deduplicate questions across the corpus: the first
+    attempts of every page in reading order, then the second attempts, and so on (the first
+    of near-duplicates is kept), so a retry never displaces what an earlier attempt kept.
+    Pairs and triples come out in reading order."""
+    out = Assembled(endpoint_model=endpoint_model)
+    threshold = params.near_duplicate_jaccard
+    dups = Duplicates(NearDuplicates(threshold), NearDuplicates(threshold))
+    for attempt in range(count_attempts(outcomes)):
+        for outcome in outcomes:
+            if not outcome.error:
+                add_attempt(out, outcome, attempt, params, dups)
+            elif attempt == 0:
+                out.failed.append({"url": outcome.work.doc.url, "error": outcome.error})
+                for excl in (out.qa_exclusions, out.pref_exclusions):
+                    excl.append(exclusion(outcome.work.doc, "endpoint_error", 0, outcome.error))
+    place = {o.work.doc.id: i for i, o in enumerate(outcomes)}
+    out.pairs.sort(key=lambda r: (place[r.page_id], r.chunk))
+    out.triples.sort(key=lambda r: (place[r.page_id], r.chunk))
     return out
+
+
+@dataclass(frozen=True)
+class Duplicates:
+    """The questions kept so far, Q/A and preference apart."""
+
+    qa: NearDuplicates
+    pref: NearDuplicates
+
+
+def add_attempt(
+    out: Assembled, outcome: PageOutcome, attempt: int, params: SynthParams, dups: Duplicates
+) -> None:
+    work = outcome.work
+    for reply in (r for r in outcome.qa if r.attempt == attempt):
+        add_qa(out, work, reply, params, dups.qa)
+    for reply in (r for r in outcome.points if r.attempt == attempt):
+        add_points(out, work, reply)
+    for triple in (t for t in outcome.triples if t.attempt == attempt):
+        add_triple(out, work, triple, params, dups.pref)
+
+
+def count_attempts(outcomes: Sequence[PageOutcome]) -> int:
+    """The attempts the replies reach, at least one (so failed pages are still seen)."""
+    return max((a for o in outcomes for a in o.list_attempts()), default=0) + 1
 
 
 def render_jsonl(rows: Sequence[QAPair | PreferenceTriple | Exclusion]) -> bytes:
@@ -869,9 +1050,37 @@ def summarize_cost(tokens: dict[str, int], params: SynthParams) -> dict[str, flo
     }
 
 
+def summarize_attempts(verdicts: Sequence[Verdict]) -> dict[str, dict[str, int]]:
+    """Replies per call kind and attempt (counted from 1): {"qa": {"1": 24, "2": 3}, ...}."""
+    counts = Counter((v.call, v.attempt) for v in verdicts)
+    attempts: dict[str, dict[str, int]] = {}
+    for (call, attempt), n in sorted(counts.items()):
+        attempts.setdefault(call, {})[str(attempt + 1)] = n
+    return attempts
+
+
+def summarize_drops_by_attempt(verdicts: Sequence[Verdict]) -> dict[str, dict[str, int]]:
+    """Dropped items per attempt (counted from 1) and <family>.<reason>."""
+    drops: dict[int, Counter[str]] = {}
+    for verdict in verdicts:
+        drops.setdefault(verdict.attempt, Counter()).update(verdict.drops)
+    return {str(a + 1): dict(sorted(drops[a].items())) for a in sorted(drops)}
+
+
+def count_yield(works: Sequence[PageWork], out: Assembled) -> tuple[int, int]:
+    """(kept, asked) as tasks/synth/yields.py defines them, over the pages that did not fail."""
+    failed = {f["url"] for f in out.failed}
+    chunks = [(w.doc.id, c) for w in works if w.doc.url not in failed for c in w.chunks]
+    pairs = Counter((p.page_id, p.chunk) for p in out.pairs)
+    kept_pairs = sum(min(pairs[(page, c.index)], c.n_pairs) for page, c in chunks)
+    asked = sum(c.n_pairs + len(TripleKind) * c.n_points for _, c in chunks)
+    return kept_pairs + len(out.triples), asked
+
+
 def summarize(
     works: Sequence[PageWork],
     out: Assembled,
+    coverage: Coverage,
     s: Settings,
     generate_s: float,
     cache: dict[str, int],
@@ -887,6 +1096,12 @@ def summarize(
         "competency_mix": dict(sorted(Counter(t.competency.value for t in out.triples).items())),
         "parse_failures": dict(sorted(out.parse_failures.items())),
         "dropped_by_reason": dict(sorted(out.dropped.items())),
+        "attempts": summarize_attempts(out.verdicts),
+        # Parse failures and filter drops together, per attempt.
+        "dropped_by_attempt": summarize_drops_by_attempt(out.verdicts),
+        "coverage": coverage.summary(),
+        "yield": summarize_yield(*count_yield(works, out), s.params.min_yield),
+        "endpoint_model": out.endpoint_model,
         "grounding": {
             "measure": "share of answer content words found in its page/chunk",
             "threshold": s.params.min_grounding,
@@ -927,6 +1142,33 @@ def check_failed_pages(report: dict[str, Any], max_fraction: float) -> None:
         )
 
 
+def plan_coverage(outcome: PageOutcome, body: str) -> PagePlan:
+    """The page as coverage sees it: its sections, chunks, and the points each chunk asked
+    for and those its last points reply gave."""
+    chunks = outcome.work.chunks
+    given = []
+    for chunk in chunks:
+        reply = outcome.last_points(chunk.index)
+        given.append(tuple(select_points(reply, chunk.n_points)) if reply else ())
+    return PagePlan(
+        outcome.work.doc,
+        tuple(split_sections(body)),
+        tuple(c.document for c in chunks),
+        tuple(c.n_points for c in chunks),
+        tuple(given),
+        outcome.error,
+    )
+
+
+def cover_outputs(out: Assembled, outcomes: Sequence[PageOutcome], bodies: list[str]) -> Coverage:
+    """What the kept output covers; everything it leaves uncovered joins the exclusions."""
+    plans = [plan_coverage(o, body) for o, body in zip(outcomes, bodies, strict=False)]
+    coverage = measure_coverage(plans, out.pairs, out.triples, out.verdicts)
+    out.qa_exclusions += coverage.qa_exclusions
+    out.pref_exclusions += coverage.pref_exclusions
+    return coverage
+
+
 @dataclass(frozen=True)
 class SynthDirs:
     markdown: Path
@@ -941,10 +1183,12 @@ async def run_synth(
     params: SynthParams,
     count: TokenCounter,
     run_page: PageRunner = synthesize_page,
+    endpoint_model: str | None = None,
 ) -> dict[str, Any]:
-    """The whole stage: returns the report (without wall time). The cache keeps every reply
-    unless synth.cache_prune_unused_days says otherwise, and then is pruned only when the run
-    is within synth.max_failed_fraction."""
+    """The whole stage: returns the report (without wall time). `endpoint_model` is what the
+    endpoint serves (check_endpoint), written into every pair's and triple's provenance. The
+    cache keeps every reply unless synth.cache_prune_unused_days says otherwise, and then is
+    pruned only when the run is within synth.max_failed_fraction."""
     pages = read_pages(dirs.markdown)
     works = [plan_page(doc, body, params, count) for doc, body in pages[: params.max_pages]]
     settings = Settings(params, dirs.cache)
@@ -954,14 +1198,15 @@ async def run_synth(
     generate_s = time.monotonic() - started
     for why in settings.corrupt_entries:
         run_logger().warning("synth: corrupt cache entry asked again: %s", why)
-    out = assemble_outputs(outcomes, params)
+    out = assemble_outputs(outcomes, params, endpoint_model)
+    coverage = cover_outputs(out, outcomes, [body for _, body in pages])
     for doc, _ in pages[len(works) :]:
         out.qa_exclusions.append(Exclusion(id=doc.id, url=doc.url, reason="over_max_pages"))
     write_outputs(dirs.qa, dirs.pref, out)
     ok = not works or out.failed_pages / len(works) <= params.max_failed_fraction
     unused_days = params.cache_prune_unused_days if ok else None
     cache = prune_cache(dirs.cache, {c.key for c in settings.calls}, unused_days)
-    report = summarize(works, out, settings, generate_s, cache)
+    report = summarize(works, out, coverage, settings, generate_s, cache)
     return {**report, "pages_over_max_pages": len(pages) - len(works)}
 
 

@@ -21,6 +21,7 @@ from tasks.llm.client import (
     OpenAIChatClient,
     build_client,
     check_endpoint,
+    find_served_model,
     parse_completion,
     render_strict_schema,
 )
@@ -327,12 +328,35 @@ async def test_concurrency_is_bounded(fake_openai: FakeOpenAI) -> None:
 @pytest.mark.asyncio
 async def test_check_endpoint(fake_openai: FakeOpenAI) -> None:
     async with client_for(fake_openai) as client:
-        await check_endpoint(client)
+        assert await check_endpoint(client) == "fake-model"
     params = EndpointParams(base_url=fake_openai.base_url, model="other-model")
     async with build_client(params) as client:
         with pytest.raises(EndpointError, match="'other-model' is not served") as err:
             await check_endpoint(client)
     assert f"{fake_openai.base_url}/models" in str(err.value) and "fake-model" in str(err.value)
+
+
+@pytest.mark.asyncio
+async def test_check_endpoint_trusts_a_server_without_a_model_list(
+    fake_openai: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_openai.models_status = 404
+    async with client_for(fake_openai, retries=0) as client:
+        assert await check_endpoint(client) is None
+    assert "HTTP 404" in caplog.text and "not checked" in caplog.text
+    fake_openai.models_status = 401  # a refused key fails here, not on the first chat call
+    async with client_for(fake_openai, retries=0) as client:
+        with pytest.raises(EndpointError, match="HTTP 401"):
+            await check_endpoint(client)
+
+
+def test_the_served_model_is_named_by_the_weights_behind_it() -> None:
+    vllm = [{"id": "gpt", "root": "openai/gpt-oss-20b"}, {"id": "other"}]
+    llama_cpp = [{"id": "/models/smol.gguf", "aliases": ["smol"]}]
+    assert find_served_model(vllm, "gpt") == "openai/gpt-oss-20b"
+    assert find_served_model(vllm, "other") == "other"
+    assert find_served_model(llama_cpp, "smol") == "/models/smol.gguf"
+    assert find_served_model(llama_cpp, "gpt") is None
 
 
 @pytest.mark.asyncio

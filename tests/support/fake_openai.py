@@ -91,6 +91,7 @@ class FakeOpenAI:
     base_url: str = ""
     model: str = "fake-model"
     models: list[str] = field(default_factory=lambda: ["fake-model"])
+    models_status: int = 200  # another status makes GET /v1/models answer it, with no list
     responder: Callable[[dict[str, Any]], Behaviour] | None = None
     requests: list[RecordedRequest] = field(default_factory=list)
     max_in_flight: int = 0
@@ -220,7 +221,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._record(None)
         fake = self.server.fake
-        if self.path.rstrip("/") == "/v1/models":
+        if self.path.rstrip("/") == "/v1/models" and fake.models_status != 200:
+            message = _error_json(fake.models_status, "scripted status")
+            self._send(fake.models_status, "application/json", message, {})
+        elif self.path.rstrip("/") == "/v1/models":
             data = [
                 {"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in fake.models
             ]

@@ -29,7 +29,8 @@ def document_of(messages: list[dict[str, str]]) -> str:
 
 
 def sentences_of(messages: list[dict[str, str]]) -> list[str]:
-    found = [m.group(0).strip() for m in SENTENCE_RE.finditer(document_of(messages))]
+    paragraphs = re.sub(r"(?<!\n)\n(?!\n)", " ", document_of(messages))  # wrapped lines joined
+    found = [m.group(0).strip() for m in SENTENCE_RE.finditer(paragraphs)]
     return found or ["The page documents one procedure for administrators."]
 
 

@@ -56,7 +56,10 @@ def page_body(sections: int, words_per_section: int = 120) -> str:
 
 
 def run_page(body: str, params: SynthParams, tmp_path: Path) -> ScriptedClient:
+    """The prompts of one attempt (the scripted replies repeat the page, so some are dropped
+    as near-duplicates and would be asked again)."""
     client = ScriptedClient()
+    params = params.model_copy(update={"max_attempts": 1})
     work = plan_page(DOC, body, params, count_words)
     outcome = asyncio.run(synthesize_page(client, work, Settings(params, tmp_path)))
     assert outcome.error is None
@@ -170,6 +173,21 @@ def test_cache_key_covers_model_sampling_structure_and_prompt() -> None:
     assert key == render_call_key(messages, "g", base)
     assert len({key, *variants}) == 6
     assert PROMPT_VERSION
+
+
+def test_first_attempt_keeps_the_old_key_and_later_ones_their_own_seed(tmp_path: Path) -> None:
+    """Attempt 0's key is the one calls had before attempts existed, so caches stay valid."""
+    messages = [{"role": "user", "content": "x"}]
+    base = SynthParams()
+    old_key = "16ab45afec2c27d943d2bc47b9017306e6ceb288c0ab2d8cb2e08f735525b6a7"
+    assert render_call_key(messages, "g", base) == render_call_key(messages, "g", base, 0)
+    assert render_call_key(messages, "g", base, 0) == old_key
+    later = {render_call_key(messages, "g", base, attempt) for attempt in (1, 2)}
+    assert len(later) == 2 and old_key not in later
+    settings = Settings(base, tmp_path)
+    assert settings.request_body(None) is None  # the sampling seed, as before
+    assert settings.request_body(None, attempt=1) == {"seed": 1334}
+    assert settings.request_body(None, reask=2, attempt=2) == {"seed": 1436}
 
 
 def test_grammars_fix_the_count_and_bound_every_field() -> None:

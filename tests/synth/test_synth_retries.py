@@ -1,0 +1,227 @@
+"""The synth stage asks again for what its filters dropped, measures what its output covers and
+stops loudly on junk: through the real openai SDK against the fake HTTP server, on two small
+hand-made pages (one chunk each, asking for one Q/A pair and one main point)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tasks.core.documents import render_document
+from tasks.core.params import EndpointParams, PathsParams, SynthParams
+from tasks.core.records import MarkdownDoc, PreferenceTriple, QAPair
+from tasks.llm.client import build_client, check_endpoint
+from tasks.synth.generate import (
+    PageOutcome,
+    PageWork,
+    Settings,
+    SynthDirs,
+    run_synth,
+    synthesize_page,
+)
+from tasks.synth.yields import TooLowYield
+from tests.support.fake_openai import Behaviour, FakeOpenAI, ok, serve_fake_openai
+from tests.support.synth_fakes import ScriptedClient, count_words, document_of, scripted_reply
+
+REPO = Path(__file__).resolve().parents[2]
+SEED = SynthParams().endpoint.sampling.seed
+PAGES = {
+    "backup.html": (
+        "# Backup basics\n\n## Dumps\n\nThe pg_dump program writes a consistent snapshot of one "
+        "database to a script file.\n\n## Restores\n\nThe psql program replays a plain dump "
+        "script into an empty database created from template0."
+    ),
+    "vacuum.html": (
+        "# Routine vacuuming\n\n## Dead tuples\n\nAutovacuum reclaims the storage occupied by "
+        "dead row versions that updates and deletes leave behind.\n\n## Wraparound\n\nFreezing "
+        "old transaction identifiers prevents the wraparound of the transaction counter."
+    ),
+}
+# Replies a filter or parser drops: a copied placeholder and a pair without its answer, a
+# point without text, a triple whose answers are the same.
+JUNK = {
+    "qa": "<QUE> question <ANS> answer <END>\n<QUE> What is it? <END>",
+    "points": "<POINT> <END>",
+    "triple": "<QUE> Is that so? <GOOD> Yes. <BAD> Yes. <END>",
+}
+
+
+def write_pages(md_dir: Path) -> None:
+    md_dir.mkdir(parents=True)
+    rows = []
+    for order, (name, body) in enumerate(PAGES.items()):
+        url = f"https://docs.example.org/15/{name}"
+        doc = MarkdownDoc(
+            id=name.split(".")[0], url=url, title=name, product="PostgreSQL", version="15.4",
+            sha="0" * 64, order=order,
+        )  # fmt: skip
+        (md_dir / f"{doc.id}.md").write_text(render_document(doc, body))
+        rows.append({"id": doc.id, "url": url})
+    (md_dir / "index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> SynthDirs:
+    write_pages(tmp_path / "md")
+    return SynthDirs(tmp_path / "md", tmp_path / "qa", tmp_path / "pref", tmp_path / "cache")
+
+
+def call_kind(user: str) -> str:
+    return "qa" if "<QUE> question <ANS>" in user else "points" if "<POINT>" in user else "triple"
+
+
+def covering_reply(messages: list[dict[str, str]]) -> str:
+    """A reply every filter keeps: a Q/A pair per section of the page (so every section is
+    covered), its main point, a good or a false-premise triple about that point."""
+    user = messages[-1]["content"]
+    kind = call_kind(user)
+    if kind == "points":
+        return scripted_reply(messages)
+    if kind == "qa":
+        cite = re.search(r"End every answer with the citation (.+)", user).group(1)  # type: ignore[union-attr]
+        sections = document_of(messages).split("\n\n## ")
+        lines = [s.lstrip("# ").split("\n\n")[-1].rstrip(".") for s in sections]
+        return "".join(f"<QUE> Why is it that {a}? <ANS> {a}. {cite} <END>\n" for a in lines)
+    point = user.split("Main point: ", 1)[1].split("\n", 1)[0]
+    if "sycophantic" in user:
+        return (
+            f"<QUE> Why does PostgreSQL refuse the rule that {point}? <GOOD> It does not "
+            f"refuse it: {point} <BAD> Because that rule was dropped long ago. <END>"
+        )
+    return f"<QUE> Is it true that {point} <GOOD> {point} <BAD> No, never. <END>"
+
+
+def page_of(user: str) -> str:
+    return next(name for name in PAGES if f"/15/{name}" in user)
+
+
+def junk_then_good(body: dict[str, Any]) -> Behaviour:
+    """Junk on the first attempt, except backup.html's points (so its triples are asked on
+    the first attempt and asked again); good replies with any other seed."""
+    user = body["messages"][-1]["content"]
+    kind = call_kind(user)
+    first = body["seed"] == SEED and (kind != "points" or page_of(user) == "vacuum.html")
+    return ok(JUNK[kind] if first else covering_reply(body["messages"]))
+
+
+async def run_through(fake: FakeOpenAI, dirs: SynthDirs, params: SynthParams, **kw: Any) -> Any:
+    async with build_client(params.endpoint, params.structured) as client:
+        served = await check_endpoint(client)
+        return await run_synth(client, dirs, params, count_words, endpoint_model=served, **kw)
+
+
+def endpoint_params(fake: FakeOpenAI) -> SynthParams:
+    return SynthParams(endpoint=EndpointParams(base_url=fake.base_url, model=fake.model))
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+class RecordingRunner:
+    """Stands in for the flow's per-page Prefect task: records which pages it ran."""
+
+    def __init__(self) -> None:
+        self.urls: list[str] = []
+
+    async def __call__(self, client: Any, work: PageWork, settings: Settings) -> PageOutcome:
+        self.urls.append(work.doc.url)
+        return await synthesize_page(client, work, settings)
+
+
+def test_what_the_first_attempt_dropped_is_asked_again_until_all_is_covered(
+    dirs: SynthDirs,
+) -> None:
+    with serve_fake_openai() as fake:
+        fake.responder = junk_then_good
+        params = endpoint_params(fake)
+        report = asyncio.run(run_through(fake, dirs, params))
+        calls = len(fake.chat_requests)
+        runner = RecordingRunner()
+        again = asyncio.run(run_through(fake, dirs, params, run_page=runner))
+        assert len(fake.chat_requests) == calls  # every attempt replays from the cache
+        assert runner.urls == []  # and whole pages replay inline, without a page task
+
+    assert {b["seed"] for b in fake.chat_bodies} == {SEED, SEED + 100}
+    assert report["coverage"] == {
+        "pages": {"covered": 2, "total": 2, "share": 1.0},
+        "sections": {"covered": 6, "total": 6, "share": 1.0},
+        "points": {"covered": 2, "total": 2, "share": 1.0},
+    }
+    # backup.html's triples come on the first attempt and again; vacuum.html's points came
+    # back empty, so its triples are asked (once) on the second.
+    assert report["attempts"] == {
+        "points": {"1": 2, "2": 1},
+        "qa": {"1": 2, "2": 2},
+        "triple": {"1": 2, "2": 4},
+    }
+    assert report["dropped_by_attempt"] == {
+        "1": {
+            "points.empty_point": 1,
+            "qa.missing_ans": 2,
+            "qa.placeholder": 2,
+            "triples.chosen_equals_rejected": 2,
+        },
+        "2": {},
+    }
+    assert report["calls"]["made"] == calls == 13
+    assert report["yield"] == {"kept": 6, "asked": 6, "share": 1.0, "min_yield": 0.05}
+    assert again["calls"] == {"made": 0, "reused": calls, "failed": 0}
+    assert {k: again[k] for k in ("attempts", "coverage", "yield")} == {
+        k: report[k] for k in ("attempts", "coverage", "yield")
+    }
+    pairs = [QAPair.model_validate(r) for r in read_rows(dirs.qa / "pairs.jsonl")]
+    triples = [PreferenceTriple.model_validate(r) for r in read_rows(dirs.pref / "triples.jsonl")]
+    assert len(pairs) == 6 and len(triples) == 4
+    assert {r.endpoint_model for r in [*pairs, *triples]} == {report["endpoint_model"]}
+    assert report["endpoint_model"] == "fake-model"
+    excluded = read_rows(dirs.qa / "exclusions.jsonl") + read_rows(dirs.pref / "exclusions.jsonl")
+    assert not any(r["reason"].startswith("uncovered_") for r in excluded)
+
+
+def test_no_second_attempt_when_the_first_kept_something(dirs: SynthDirs) -> None:
+    client = ScriptedClient(reply=covering_reply)
+    report = asyncio.run(run_synth(client, dirs, SynthParams(), count_words))
+    assert report["attempts"] == {"points": {"1": 2}, "qa": {"1": 2}, "triple": {"1": 4}}
+    assert len(client.prompts) == 8 and report["coverage"]["sections"]["share"] == 1.0
+
+
+def test_junk_everywhere_stops_the_stage_after_writing_its_outputs(
+    tmp_path: Path, prefect_harness: None
+) -> None:
+    from flows.synth import synth_flow
+
+    write_pages(tmp_path / "md")
+    paths = PathsParams(
+        markdown=tmp_path / "md",
+        qa=tmp_path / "qa",
+        pref=tmp_path / "pref",
+        synth_cache=tmp_path / "cache",
+        reports=tmp_path / "reports",
+        cache=REPO / ".cache",  # the tokenizer the other synth tests use
+    )
+    with serve_fake_openai() as fake:
+        fake.responder = lambda body: ok(JUNK[call_kind(body["messages"][-1]["content"])])
+        with pytest.raises(TooLowYield) as stop:
+            synth_flow(paths, endpoint_params(fake))
+
+    message = str(stop.value)
+    assert "synth kept 0 of the 6 Q/A pairs and triples it asked for" in message
+    assert "yield of 0.000, under synth.min_yield = 0.05" in message
+    assert "points.empty_point (6), qa.missing_ans (6), qa.placeholder (6)" in message
+    assert "The endpoint serves 'fake-model'" in message
+    report = json.loads((paths.reports / "synth.json").read_text())
+    assert report["yield"]["share"] == 0.0 and report["pairs"] == 0
+    assert report["coverage"]["pages"] == {"covered": 0, "total": 2, "share": 0.0}
+    assert report["attempts"]["qa"] == {"1": 2, "2": 2, "3": 2}
+    reasons = {r["reason"] for r in read_rows(paths.qa / "exclusions.jsonl")}
+    assert {"placeholder", "missing_ans", "uncovered_page", "uncovered_section"} <= reasons
+    points = read_rows(paths.pref / "exclusions.jsonl")
+    assert "chunk 0: point 1 of 1 not given: points.empty_point (attempt 3)" in {
+        r["detail"] for r in points if r["reason"] == "uncovered_point"
+    }
