@@ -1,7 +1,7 @@
 """Answers per second of the eval stage against a bare transformers generate loop, on the same
 model and questions in the same run; with `--judge`, the judge's requests per second against
 the same requests sent straight to the endpoint: `python -m tasks.bench.eval [--model
-models/base] [--questions 16] [--judge] [--out reports/bench_eval.json]`.
+models/base] [--questions 16] [--judge [--metrics M ...]] [--out reports/bench_eval.json]`.
 
 The stage's path (tasks.eval.measure: chat template, batched greedy generation, the result
 cache, here empty) and the bare loop (one `model.generate` per question, greedy, same length
@@ -64,8 +64,11 @@ def stage_path(
         return time.perf_counter() - started, answers
 
 
-def judge_both_ways(params: Any, inputs: Any, answers: dict[str, str]) -> dict[str, Any]:
-    """Seconds of the stage's judge over the answers, and of its recorded requests replayed."""
+def judge_both_ways(
+    params: Any, inputs: Any, answers: dict[str, str], metrics: list[str]
+) -> dict[str, Any]:
+    """Seconds of the stage's judge over the answers, and of its recorded requests replayed;
+    how many of its replies parsed."""
     import asyncio
 
     import openai
@@ -84,12 +87,12 @@ def judge_both_ways(params: Any, inputs: Any, answers: dict[str, str]) -> dict[s
     endpoint = params.eval.judge
     cases = build_judge_cases(inputs.questions, answers, inputs, params.eval.judge_context_chars)
 
-    async def through_stage(cache: Path) -> float:
+    async def through_stage(cache: Path) -> tuple[float, Any]:
         async with build_client(endpoint, structured=params.eval.structured) as client:
             judge = RecordingJudge(client, cache, max_parse_attempts=params.eval.max_judge_attempts)
             started = time.perf_counter()
-            await judge_cases(cases, judge, params.eval.judge_metrics)
-            return time.perf_counter() - started
+            await judge_cases(cases, judge, metrics)
+            return time.perf_counter() - started, judge.stats
 
     async def straight() -> float:
         sdk = openai.AsyncOpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key())
@@ -113,13 +116,16 @@ def judge_both_ways(params: Any, inputs: Any, answers: dict[str, str]) -> dict[s
         return time.perf_counter() - started
 
     with tempfile.TemporaryDirectory() as tmp:
-        stage_s = asyncio.run(through_stage(Path(tmp)))
+        stage_s, stats = asyncio.run(through_stage(Path(tmp)))
     straight_s = asyncio.run(straight())
     return {
         "judge_model": endpoint.model,
-        "judge_metrics": list(params.eval.judge_metrics),
+        "judge_metrics": metrics,
         "judge_cases": len(cases),
         "judge_requests": len(sent),
+        "judge_replies_invalid": stats.invalid,
+        "judge_replies_parsed_share": round(1 - stats.invalid / max(stats.calls, 1), 4),
+        "judge_judgements_failed": stats.failed,
         "judge_stage_requests_per_s": round(len(sent) / stage_s, 3),
         "judge_straight_requests_per_s": round(len(sent) / straight_s, 3),
         "judge_stage_vs_straight": round(straight_s / stage_s, 3),
@@ -131,6 +137,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--questions", type=int, default=16)
     parser.add_argument("--judge", action="store_true", help="also measure the judge")
+    parser.add_argument(
+        "--metrics", nargs="+", default=None, help="judge metrics (default eval.judge_metrics)"
+    )
     parser.add_argument("--out", type=Path, default=Path("reports/bench_eval.json"))
     args = parser.parse_args()
     params = load_stage_params()
@@ -156,7 +165,8 @@ def main() -> None:
     }
     if args.judge:
         by_id = dict(zip((q.id for q in inputs.questions), answers, strict=False))
-        report |= judge_both_ways(params, inputs, by_id)
+        metrics = args.metrics or list(params.eval.judge_metrics)
+        report |= judge_both_ways(params, inputs, by_id, metrics)
         report["load_average_1m_after_judge"] = round(os.getloadavg()[0], 2)
     write_json_atomic(args.out, report)
     print(report)
