@@ -89,7 +89,13 @@ def judge_both_ways(
 
     async def through_stage(cache: Path) -> tuple[float, Any]:
         async with build_client(endpoint, structured=params.eval.structured) as client:
-            judge = RecordingJudge(client, cache, max_parse_attempts=params.eval.max_judge_attempts)
+            judge = RecordingJudge(
+                client,
+                cache,
+                max_parse_attempts=params.eval.max_judge_attempts,
+                max_items=params.eval.judge_max_items,
+                max_chars=params.eval.judge_max_chars,
+            )
             started = time.perf_counter()
             await judge_cases(cases, judge, metrics)
             return time.perf_counter() - started, judge.stats

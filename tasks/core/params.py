@@ -1090,6 +1090,14 @@ class EvalParams(Strict):
     max_judge_attempts: int = Field(
         3, ge=1, le=10, description="judge replies tried per call until one parses"
     )
+    judge_max_items: int | None = Field(
+        None, ge=1, description="items per list in a judge reply (sent in the schema); null = any"
+    )
+    judge_max_chars: int | None = Field(
+        None,
+        ge=20,
+        description="characters per string in a judge reply (in the schema); null = any",
+    )
     review_sample: int = Field(
         20, ge=0, description="questions in the blind review sheet and the HTML report"
     )

@@ -115,6 +115,26 @@ def describe_invalid(reply: JudgeReply, exc: ValueError) -> str:
     return f"reply (finish_reason {reply.finish_reason}) {reply.text[:160]!r}: {what}"
 
 
+def bound_schema(schema: Any, max_items: int | None, max_chars: int | None) -> Any:
+    """`schema` with every array capped at `max_items` and every string at `max_chars` (bounds
+    it already has are kept when tighter). Under constrained decoding a small judge that loops
+    inside a list or a string then still closes its JSON within max_tokens; the reply is
+    validated against the metric's own schema, which the bounded one only narrows."""
+    if isinstance(schema, list):
+        return [bound_schema(item, max_items, max_chars) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    bounded = {k: bound_schema(v, max_items, max_chars) for k, v in schema.items()}
+    kind = schema.get("type")
+    for limit, applies, key in (
+        (max_items, "array", "maxItems"),
+        (max_chars, "string", "maxLength"),
+    ):
+        if limit is not None and kind == applies and "enum" not in schema:
+            bounded[key] = min(limit, schema.get(key, limit))
+    return bounded
+
+
 class Judge(DeepEvalBaseLLM):
     """A DeepEval judge model over `client`: its model, sampling and structured mode decide
     every reply; replies are cached under `cache_dir`; counters are in `stats`. Metrics must
@@ -122,13 +142,20 @@ class Judge(DeepEvalBaseLLM):
     the client belongs to."""
 
     def __init__(
-        self, client: OpenAIChatClient, cache_dir: Path, *, max_parse_attempts: int = 3
+        self,
+        client: OpenAIChatClient,
+        cache_dir: Path,
+        *,
+        max_parse_attempts: int = 3,
+        max_items: int | None = None,
+        max_chars: int | None = None,
     ) -> None:
         if max_parse_attempts < 1:
             raise ValueError(f"max_parse_attempts must be at least 1, got {max_parse_attempts}")
         self.client = client
         self.cache_dir = cache_dir
         self.max_parse_attempts = max_parse_attempts
+        self.max_items, self.max_chars = max_items, max_chars
         self.stats = JudgeStats()
         self.log = client.log
         # One lock per key: concurrent metrics that send the same prompt (the truths of one
@@ -188,7 +215,7 @@ class Judge(DeepEvalBaseLLM):
         return self.generate(prompt, schema)
 
     async def fetch_valid(self, prompt: str, schema: type[BaseModel]) -> BaseModel:
-        schema_json = schema.model_json_schema()
+        schema_json = bound_schema(schema.model_json_schema(), self.max_items, self.max_chars)
         problem = ""
         for attempt in range(self.max_parse_attempts):
             reply = await self.fetch_reply(prompt, schema_json, attempt)

@@ -132,7 +132,13 @@ async def judge_answer_sets(
             # A rerun whose verdicts are all cached needs no server; any call that does
             # fails with the same URL and cause.
             client.log.warning("judge endpoint unavailable (%s): judging from the cache", exc)
-        judge = Judge(client, cache_dir / "judge", max_parse_attempts=params.max_judge_attempts)
+        judge = Judge(
+            client,
+            cache_dir / "judge",
+            max_parse_attempts=params.max_judge_attempts,
+            max_items=params.judge_max_items,
+            max_chars=params.judge_max_chars,
+        )
         # Every model's cases in one batch, so the endpoint's slots stay busy across models.
         named = [
             (name, case)

@@ -15,7 +15,7 @@ import pytest
 from pydantic import BaseModel
 
 from tasks.core.params import EndpointParams, SamplingParams
-from tasks.eval.judge import InvalidJudgeReply, Judge
+from tasks.eval.judge import InvalidJudgeReply, Judge, bound_schema
 from tasks.eval.judging import JUDGE_METRICS, JudgeCase, judge_cases
 from tasks.llm.client import Backoff, OpenAIChatClient, render_strict_schema
 from tests.support.fake_openai import Behaviour, FakeOpenAI, ok
@@ -259,3 +259,18 @@ def test_deepeval_telemetry_is_off() -> None:
     from deepeval.telemetry import telemetry_opt_out
 
     assert telemetry_opt_out()
+
+
+def test_bounded_schema_caps_lists_and_strings_but_not_enums_or_tighter_bounds() -> None:
+    from deepeval.metrics.faithfulness.schema import Verdicts
+
+    schema = Verdicts.model_json_schema()
+    bounded = bound_schema(schema, 8, 240)
+    assert bounded["properties"]["verdicts"]["maxItems"] == 8
+    item = bounded["$defs"]["FaithfulnessVerdict"]["properties"]
+    reason = next(v for v in item["reason"]["anyOf"] if v.get("type") == "string")
+    assert reason["maxLength"] == 240
+    assert "maxLength" not in item["verdict"]  # an enum's values are its bound
+    tight = {"type": "array", "maxItems": 3, "items": {"type": "string", "maxLength": 10}}
+    assert bound_schema(tight, 8, 240) == tight
+    assert bound_schema(schema, None, None) == schema
