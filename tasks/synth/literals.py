@@ -1,6 +1,7 @@
 """Technical literals of an answer, and those its page does not contain.
 
-A literal is what an answer cannot paraphrase: a code span, URL, path (/etc/x, ~/x, ./x, C:\\x),
+A literal is what an answer cannot paraphrase: a code span (at most 80 characters: a longer
+"span" is an unbalanced backtick around prose), URL, path (/etc/x, ~/x, ./x, C:\\x),
 timestamp, option flag (-x, --foo), function call (name()), dotted name (postgresql.conf,
 pg_catalog.pg_class), snake_case or CamelCase identifier, a word mixing letters and digits
 (UTF8, x86_64, 0x1f3a) or a number of two or more digits (5432, 15.4, 127.0.0.1, 10:30).
@@ -23,7 +24,7 @@ import re
 
 LITERAL_RE = re.compile(
     r"""
-      `(?P<code>[^`\n]+)`
+      `(?P<code>[^`\n]{1,80})`
     | (?P<url>\b[a-z][a-z0-9+.\-]*://[^\s<>`"')\]]+)
     | (?P<path>(?<![\w.~/\\-])(?:~|\.{1,2})?/[\w.\-$@+%]+(?:/[\w.\-$@+%]*)*
         | \b[A-Za-z]:\\[^\s`"'<>|]*)

@@ -10,6 +10,7 @@ from typing import Any
 
 from tasks.core.documents import parse_document
 from tasks.llm.client import Completion
+from tasks.synth.generate import PageOutcome, PageWork, Settings, synthesize_page
 
 
 def count_words(text: str) -> int:
@@ -94,3 +95,14 @@ class ScriptedClient:
 
 
 # ---- prompts ------------------------------------------------------------------------------
+
+
+class RecordingRunner:
+    """Stands in for the flow's per-page Prefect task: records which pages it ran."""
+
+    def __init__(self) -> None:
+        self.urls: list[str] = []
+
+    async def __call__(self, client: Any, work: PageWork, settings: Settings) -> PageOutcome:
+        self.urls.append(work.doc.url)
+        return await synthesize_page(client, work, settings)

@@ -138,3 +138,13 @@ def test_the_exclusion_detail_names_the_invented_literals() -> None:
     detail = describe_drop("literal_not_in_page", f"Q? | {answer}", answer, PAGE)
     assert detail.startswith("not in page: 5433, --portal | Q? | ")
     assert describe_drop("ungrounded", "Q? | A", "A", PAGE) == "Q? | A"
+
+
+def test_an_unbalanced_backtick_does_not_make_a_sentence_one_code_span() -> None:
+    page = "Use `CREATE TABLESPACE` to add one; the default holds the system catalogs."
+    answer = (
+        "Run `CREATE TABLESPACE` first. ` This allows full system catalog management without "
+        "the need to create temporary tables, which the default also holds.`"
+    )
+    assert find_invented_literals(answer, page) == []
+    assert find_literals("see `pg_dump -Fc`") == ["pg_dump -Fc"]

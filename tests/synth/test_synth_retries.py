@@ -17,16 +17,18 @@ from tasks.core.params import EndpointParams, PathsParams, SynthParams
 from tasks.core.records import MarkdownDoc, PreferenceTriple, QAPair
 from tasks.llm.client import build_client, check_endpoint
 from tasks.synth.generate import (
-    PageOutcome,
-    PageWork,
-    Settings,
     SynthDirs,
     run_synth,
-    synthesize_page,
 )
 from tasks.synth.yields import TooLowYield
 from tests.support.fake_openai import Behaviour, FakeOpenAI, ok, serve_fake_openai
-from tests.support.synth_fakes import ScriptedClient, count_words, document_of, scripted_reply
+from tests.support.synth_fakes import (
+    RecordingRunner,
+    ScriptedClient,
+    count_words,
+    document_of,
+    scripted_reply,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = SynthParams().endpoint.sampling.seed
@@ -121,17 +123,6 @@ def endpoint_params(fake: FakeOpenAI) -> SynthParams:
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-class RecordingRunner:
-    """Stands in for the flow's per-page Prefect task: records which pages it ran."""
-
-    def __init__(self) -> None:
-        self.urls: list[str] = []
-
-    async def __call__(self, client: Any, work: PageWork, settings: Settings) -> PageOutcome:
-        self.urls.append(work.doc.url)
-        return await synthesize_page(client, work, settings)
 
 
 def test_what_the_first_attempt_dropped_is_asked_again_until_all_is_covered(

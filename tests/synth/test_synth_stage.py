@@ -29,15 +29,11 @@ from tasks.llm.client import (
 )
 from tasks.markdown.build import build_markdown
 from tasks.synth.generate import (
-    PageOutcome,
-    PageWork,
-    Settings,
     SynthDirs,
     TooManyFailedPages,
     check_failed_pages,
     read_token_counter,
     run_synth,
-    synthesize_page,
 )
 from tasks.synth.prompts import grammar_max_chars
 from tests.support.fake_openai import (
@@ -50,7 +46,7 @@ from tests.support.fake_openai import (
     status,
 )
 from tests.support.fixture_site import FIXTURE_SITE, PARAMS, crawl
-from tests.support.synth_fakes import ScriptedClient, scripted_reply
+from tests.support.synth_fakes import RecordingRunner, ScriptedClient, scripted_reply
 
 REPO = Path(__file__).resolve().parents[2]
 TOKENIZERS = REPO / ".cache" / "tokenizers"  # shared with the markdown stage; made once
@@ -82,17 +78,6 @@ def run(
     if run_page is None:
         return asyncio.run(run_synth(client, dirs, params, count))
     return asyncio.run(run_synth(client, dirs, params, count, run_page=run_page))
-
-
-class RecordingRunner:
-    """Stands in for the flow's per-page Prefect task: records which pages it ran."""
-
-    def __init__(self) -> None:
-        self.urls: list[str] = []
-
-    async def __call__(self, client: Any, work: PageWork, settings: Settings) -> PageOutcome:
-        self.urls.append(work.doc.url)
-        return await synthesize_page(client, work, settings)
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
