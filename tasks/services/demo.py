@@ -5,7 +5,7 @@ unpacked by `make site`) on the port of `crawl.start_urls`, and llama.cpp servin
 port of `synth.endpoint.base_url` (and of `eval.judge.base_url` when that differs) — plus one
 Prefect server for every stage (instead of a slow ephemeral one per stage), runs `dvc repro`,
 and stops them all. Params that point elsewhere (your own site, a vLLM endpoint) start nothing
-for that part.
+for that part, and an exported `PREFECT_API_URL` (a team's server) is used instead of a local one.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import flows  # noqa: F401  (sets the Prefect home and offline variables)
 from tasks.core.params import SynthParams, load_stage_params
 from tasks.core.tokens import find_smollm2_gguf
 from tasks.llm.server import start_llama_server
-from tasks.services.local import run_prefect_server, serve_directory
+from tasks.services.local import check_prefect_server, run_prefect_server, serve_directory
 
 
 def local_port(url: str) -> int | None:
@@ -71,7 +71,12 @@ def main(argv: list[str]) -> int:
         if judge and judge_port != synth_port:
             judge_log = params.paths.cache / "llama-server-judge.log"
             start_local_llm(stack, synth, judge_log, judge_port, judge.model)
-        api = stack.enter_context(run_prefect_server(int(os.environ.get("PREFECT_PORT", 4200))))
+        team_api = os.environ.get("PREFECT_API_URL")
+        api = (
+            check_prefect_server(team_api)
+            if team_api
+            else stack.enter_context(run_prefect_server(int(os.environ.get("PREFECT_PORT", 4200))))
+        )
         print(f"prefect server at {api} (run history: make ui)", flush=True)
         # Stage commands say `python`: make it this environment's, wherever the caller is.
         path = str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]

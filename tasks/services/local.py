@@ -55,6 +55,21 @@ def wait_until_healthy(url: str, timeout_s: float, proc: subprocess.Popen[bytes]
     raise TimeoutError(f"prefect server not healthy at {url} after {timeout_s:.0f} s")
 
 
+def check_prefect_server(api: str) -> str:
+    """A running server's API URL, as given (e.g. a team's, from PREFECT_API_URL); fails naming
+    it when it does not answer, since every stage would otherwise fail the same way."""
+    try:
+        ok = requests.get(f"{api.rstrip('/')}/health", timeout=10).ok
+    except requests.RequestException:
+        ok = False
+    if not ok:
+        raise RuntimeError(
+            f"PREFECT_API_URL={api} does not answer at /health: start that server, "
+            "or unset PREFECT_API_URL to run a local one"
+        )
+    return api
+
+
 @contextmanager
 def run_prefect_server(port: int = 4200, timeout_s: float = 180) -> Iterator[str]:
     """Start `prefect server start` on 127.0.0.1; yields its API URL and stops it after."""
