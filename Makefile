@@ -15,7 +15,7 @@ export DEEPEVAL_TELEMETRY_OPT_OUT := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME := $(CURDIR)/.prefect
 
-.PHONY: setup site demo test test-all lint bench eval-markdown gate ui lock clean
+.PHONY: setup site demo test test-all lint bench eval-markdown gate diff ui lock clean
 
 setup: $(VENV)/.installed site
 
@@ -99,6 +99,11 @@ eval-markdown: setup $(SPHINX_SITE)/index.html $(TEXINFO_SITE)/index.html
 		--base-url https://www.gnu.org/software/mit-scheme/documentation/stable/mit-scheme-ref/ \
 		--reference-selector body --reference-drop div.header --reference-chrome div.header \
 		--out reports/markdown_quality_mit-scheme.json
+
+# What changed between two releases: `make diff A=v1 B=v2`; B defaults to the workspace, A to
+# the newest tag before B (an empty A keeps B second). Writes reports/diff/<A>..<B>.{md,html,json}.
+diff: $(VENV)/.installed
+	$(BIN)/python -m flows.diff "$(A)" $(B)
 
 ui: $(VENV)/.installed
 	$(BIN)/prefect server start --host 127.0.0.1

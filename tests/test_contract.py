@@ -28,6 +28,7 @@ STAGE_PACKAGES = (
     "finetune",
     "eval",
     "gate",
+    "diff",  # not a stage, but held to the same layout
 )
 SHARED_PACKAGES = ("core", "llm")
 # Modules a stage runs as a separate process instead of importing.
