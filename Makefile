@@ -15,7 +15,7 @@ export DEEPEVAL_TELEMETRY_OPT_OUT := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME := $(CURDIR)/.prefect
 
-.PHONY: setup site demo test test-all lint bench eval-markdown gate diff ui lock clean
+.PHONY: setup site demo test test-all lint bench eval-markdown gate diff chat ui lock clean
 
 setup: $(VENV)/.installed site
 
@@ -62,6 +62,12 @@ demo: setup
 # floor (params.yaml gate:).
 gate: $(VENV)/.installed
 	$(BIN)/python -m flows.gate
+
+# A terminal chat with the final model, its reply streamed, under the SFT system prompt;
+# `make chat MODEL=base` (or sft, cpt/PHASE, a folder) for another.
+MODEL ?= orpo
+chat: $(VENV)/.installed
+	$(BIN)/python -m tasks.services.chat --model $(MODEL)
 
 # Two workers, one test file each at a time (a file's module fixtures, e.g. the pipeline's
 # `dvc repro`, run once): 12 minutes on 2 cores instead of 17.

@@ -28,6 +28,7 @@ STAGE_PACKAGES = (
     "finetune",
     "eval",
     "gate",
+    "export",
     "diff",  # not a stage, but held to the same layout
 )
 SHARED_PACKAGES = ("core", "llm")

@@ -39,6 +39,7 @@ STAGES = (
     "orpo",
     "eval",
     "gate",
+    "export",
 )
 
 

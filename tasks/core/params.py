@@ -84,6 +84,9 @@ class PathsParams(Strict):
         description="eval: generated answers, likelihood scores and judge replies, keyed by "
         "content, so an unchanged model is never evaluated twice",
     )
+    export: Path = Field(
+        Path("models/export"), description="export: the GGUF, its Modelfile and the model card"
+    )
     reports: Path = Path("reports")
     cache: Path = Field(
         Path(".cache"),
@@ -1168,6 +1171,29 @@ class GateParams(Strict):
     )
 
 
+class ExportParams(Strict):
+    """The final model as GGUF (llama.cpp, Ollama), verified against transformers."""
+
+    model: Path = Field(
+        Path("models/orpo/model"),
+        description="transformers folder exported: the orpo, sft, cpt phase or base model",
+    )
+    type: Literal["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"] = Field(
+        "f16", description="GGUF tensor type of the matrices (vectors stay f32)"
+    )
+    name: str = Field("docs2model", min_length=1, description="model name in the GGUF and card")
+    verify_tokens: int = Field(
+        256,
+        ge=0,
+        description="positions of a real page whose next-token argmax is compared between "
+        "transformers and llama.cpp serving the exported GGUF; 0 = no check",
+    )
+    min_argmax_agreement: float = Field(0.95, ge=0, le=1)
+    license: str | None = Field(
+        None, description="license in the model card; null = the base model's, else 'other'"
+    )
+
+
 STAGES: dict[str, type[Strict]] = {
     "paths": PathsParams,
     "crawl": CrawlParams,
@@ -1180,6 +1206,7 @@ STAGES: dict[str, type[Strict]] = {
     "orpo": OrpoParams,
     "eval": EvalParams,
     "gate": GateParams,
+    "export": ExportParams,
 }
 
 M = TypeVar("M", bound=Strict)
@@ -1250,6 +1277,7 @@ class Params(Strict):
     orpo: OrpoParams = Field(default_factory=OrpoParams)
     eval: EvalParams = Field(default_factory=EvalParams)
     gate: GateParams = Field(default_factory=GateParams)
+    export: ExportParams = Field(default_factory=ExportParams)
 
     def check_inside(self, root: Path) -> Params:
         """Every path of `paths:` inside the repository at `root`: the stages write there, and
@@ -1272,6 +1300,12 @@ class Params(Strict):
                 f"paths.base_model ({self.paths.base_model}), which the model stage writes"
             )
         return self
+
+    def model_folders(self) -> dict[str, Path]:
+        """Every model the pipeline writes, in training order, by the eval report's names."""
+        models = {"base": self.paths.base_model}
+        models |= {f"cpt/{p.name}": self.cpt.output / p.name for p in self.cpt.phases}
+        return models | {"sft": self.sft.output / "model", "orpo": self.orpo.output / "model"}
 
     def require_crawl(self) -> CrawlParams:
         if self.crawl is None:

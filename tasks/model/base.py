@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
 import torch
 from safetensors import safe_open
 from transformers import (
@@ -30,15 +29,19 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from tasks.core.agreement import (
+    SAMPLE_PAGE,
+    compute_next_token_logits,
+    fetch_llama_cpp_predictions,
+    read_sample_ids,
+    summarize_agreement,
+)
 from tasks.core.env import describe_hub_block, hub_env
-from tasks.core.procs import free_port, stream_process
+from tasks.core.procs import stream_process
 from tasks.core.tokens import find_smollm2_gguf
-from tasks.llm.server import start_llama_server
 
-SAMPLE_PAGE = Path(__file__).parent / "samples" / "explicit-locking.md"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 DTYPE_NAMES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
-MAX_MISMATCHES_REPORTED = 10
 
 
 class ModelSourceError(RuntimeError):
@@ -187,100 +190,6 @@ def describe_model_folder(folder: Path) -> dict[str, Any]:
     return {"parameters": parameters, "dtype": ",".join(sorted(dtypes)), "bytes": size}
 
 
-def read_sample_ids(tokenizer_folder: Path, sample: Path, count: int) -> list[int]:
-    """The first `count` token ids of the sample page, tokenized by the converted tokenizer."""
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_folder))
-    ids: list[int] = tokenizer(sample.read_text(encoding="utf-8"), add_special_tokens=False)[
-        "input_ids"
-    ]
-    if len(ids) < count:
-        raise ValueError(
-            f"model.verify_tokens: {count} exceeds the {len(ids)} tokens of {sample.name}"
-        )
-    return ids[:count]
-
-
-def compute_next_token_logits(model_folder: Path, ids: list[int]) -> torch.Tensor:
-    """Logits for the next token at every position of `ids`, shape (len(ids), vocab)."""
-    model = AutoModelForCausalLM.from_pretrained(str(model_folder), dtype=torch.float32)
-    with torch.inference_mode():
-        return model(torch.tensor([ids])).logits[0]
-
-
-def parse_llama_next_token(body: dict[str, Any]) -> int:
-    """The greedy next token of a llama.cpp /completion reply sent with return_tokens and
-    n_probs. `tokens` holds it even when it is an incomplete UTF-8 byte, for which llama.cpp
-    leaves out the probabilities; an end-of-generation token is never output, so that one is
-    read from the top of the probabilities (computed from the raw logits)."""
-    if body.get("tokens"):
-        return int(body["tokens"][0])
-    try:
-        return int(body["completion_probabilities"][0]["top_logprobs"][0]["id"])
-    except (KeyError, IndexError, TypeError, ValueError):
-        raise ValueError(
-            f"llama.cpp reply has no tokens and no probabilities: {str(body)[:300]}"
-        ) from None
-
-
-def fetch_llama_next_tokens(client: httpx.Client, ids: list[int]) -> list[int]:
-    """llama.cpp's greedy next token after each prefix of `ids`. Token ids go in, so both
-    sides see the same tokens; the slot's prompt cache keeps the prefix, so each request
-    evaluates one new token."""
-    predictions = []
-    for end in range(1, len(ids) + 1):
-        body = {
-            "prompt": ids[:end],
-            "n_predict": 1,
-            "temperature": 0,
-            "top_k": 1,
-            "n_probs": 1,
-            "return_tokens": True,
-            "cache_prompt": True,
-        }
-        reply = client.post("/completion", json=body)
-        reply.raise_for_status()
-        predictions.append(parse_llama_next_token(reply.json()))
-    return predictions
-
-
-def summarize_agreement(logits: torch.Tensor, theirs: list[int]) -> dict[str, Any]:
-    """Share of positions whose argmax matches `theirs`; each mismatch lists both tokens and
-    the logit gap between them (a small gap is a near-tie that quantization tipped over)."""
-    ours = logits.argmax(-1).tolist()
-    mismatches = [
-        {
-            "position": i,
-            "ours": a,
-            "llama_cpp": b,
-            "logit_gap": round(float(logits[i, a] - logits[i, b]), 4),
-        }
-        for i, (a, b) in enumerate(zip(ours, theirs, strict=True))
-        if a != b
-    ]
-    positions = len(ours)
-    return {
-        "positions": positions,
-        "matches": positions - len(mismatches),
-        "agreement": round((positions - len(mismatches)) / positions, 4),
-        "mismatches": mismatches[:MAX_MISMATCHES_REPORTED],
-    }
-
-
-def fetch_llama_cpp_predictions(gguf: Path, ids: list[int], threads: int = 1) -> list[int]:
-    """Start llama.cpp on the GGUF (one slot, one thread: the other core is busy with the
-    pipeline and llama.cpp slows sharply when its threads compete) and ask it position by
-    position."""
-    n_ctx = max(512, len(ids) + 16)
-    port = free_port()
-    with (
-        start_llama_server(
-            gguf, port=port, alias="verify", n_parallel=1, n_ctx=n_ctx, threads=threads
-        ) as base_url,
-        httpx.Client(base_url=base_url.removesuffix("/v1"), timeout=60) as client,
-    ):
-        return fetch_llama_next_tokens(client, ids)
-
-
 def verify_conversion(source: ModelSource, folder: Path, positions: int) -> dict[str, Any]:
     """For a GGUF source, compare the converted folder's next-token argmax with llama.cpp's
     on the first `positions` tokens of the sample page."""
@@ -288,9 +197,9 @@ def verify_conversion(source: ModelSource, folder: Path, positions: int) -> dict
         reason = "verify_tokens is 0" if positions == 0 else f"source is a {source.kind}"
         return {"positions": 0, "skipped": reason}
     started = time.monotonic()
-    ids = read_sample_ids(folder, SAMPLE_PAGE, positions)
+    ids = read_sample_ids(folder, SAMPLE_PAGE, positions, "model.verify_tokens")
     logits = compute_next_token_logits(folder, ids)
-    theirs = fetch_llama_cpp_predictions(Path(source.location), ids)
+    theirs, _ = fetch_llama_cpp_predictions(Path(source.location), ids)
     summary = summarize_agreement(logits, theirs)
     summary["sample"] = SAMPLE_PAGE.name
     summary["wall_s"] = round(time.monotonic() - started, 2)

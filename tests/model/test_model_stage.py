@@ -22,20 +22,22 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tasks.core.agreement import (
+    SAMPLE_PAGE,
+    fetch_llama_next_tokens,
+    read_sample_ids,
+    summarize_agreement,
+)
 from tasks.core.env import HUB_DEFAULT_MARK, HUB_VARS, set_stage_defaults
 from tasks.core.io import promote_folder, staging_folder
 from tasks.core.tokens import find_smollm2_gguf
 from tasks.model.base import (
-    SAMPLE_PAGE,
     AgreementTooLow,
     ModelSource,
     ModelSourceError,
     check_agreement,
     describe_model_folder,
-    fetch_llama_next_tokens,
-    read_sample_ids,
     resolve_model_source,
-    summarize_agreement,
     verify_conversion,
     write_base_model,
     write_converted_gguf,
@@ -63,7 +65,7 @@ def converted(
     )
     (root / "base").mkdir()
     gguf_model = write_converted_gguf(gguf_file, root / "base")
-    ids = torch.tensor([read_sample_ids(root / "base", SAMPLE_PAGE, 64)])
+    ids = torch.tensor([read_sample_ids(root / "base", SAMPLE_PAGE, 64, "model.verify_tokens")])
     with torch.inference_mode():
         return Converted(gguf_file, root / "base", ids, gguf_model(ids).logits)
 

@@ -106,3 +106,40 @@ def tiny_llama(vocab_size: int = 64, max_positions: int = 64, seed: int = 0) -> 
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)
+
+
+def write_tiny_model_folder(root: Path, model_type: str = "llama", seed: int = 0) -> Path:
+    """A transformers folder as the training stages write one: the tiny GGUF's byte-level BPE
+    tokenizer and chat template, and random weights (scaled up from transformers' default
+    init, so next-token logits have clear winners) of a tiny `model_type` model: hidden size
+    32, 2 layers, 4 heads sharing 2 KV heads. Returns root/model_type."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from tasks.model.base import write_converted_gguf
+
+    source = root / "tiny-tokenizer"
+    if not source.is_dir():
+        source.mkdir(parents=True)
+        write_converted_gguf(write_tiny_gguf(root / "tiny.gguf"), source)
+    out = root / model_type
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=AutoConfig.from_pretrained(source).vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=512,
+        initializer_range=0.3,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(source).save_pretrained(out)
+    return out
