@@ -15,9 +15,14 @@ export DEEPEVAL_TELEMETRY_OPT_OUT := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME := $(CURDIR)/.prefect
 
-.PHONY: setup site demo test test-all lint bench eval-markdown gate diff chat ui lock clean
+.PHONY: setup site chromium demo test test-all lint bench eval-markdown gate diff chat ui lock clean
 
-setup: $(VENV)/.installed site
+setup: $(VENV)/.installed site chromium
+
+# The browser crawl.render: browser drives (Playwright points at it; nothing is downloaded).
+chromium:
+	test -x /usr/bin/chromium || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 # Exact pins with --no-deps: no resolver search, the same packages on every machine.
 $(VENV)/.installed: requirements.lock pyproject.toml
@@ -88,6 +93,7 @@ bench: setup
 	$(BIN)/python -m tasks.bench.packing --site $(SITE) --out reports/bench_packing.json
 	$(BIN)/python -m tasks.bench.cpt --out reports/bench_cpt.json
 	$(BIN)/python -m tasks.bench.sft --out reports/bench_sft.json
+	$(BIN)/python -m tasks.bench.render --site $(SITE) --out reports/bench_render.json
 
 # Converter quality with no selector, on three sites from different generators; the reference
 # main content and the site's navigation blocks (for the leak count) are picked by per-site

@@ -11,6 +11,18 @@ from tests.support.docsite import DocSite, serve_site
 pytest_plugins = ["tests.support.llm_fixtures"]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`browser` tests run by default and skip, saying why, only where no Chromium exists."""
+    from tasks.crawl.render import find_chromium
+
+    if find_chromium() is not None:
+        return
+    skip = pytest.mark.skip(reason="no Chromium on PATH (`make setup` installs Debian's chromium)")
+    for item in items:
+        if "browser" in item.keywords:
+            item.add_marker(skip)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--update-goldens",

@@ -166,7 +166,33 @@ class CrawlParams(Strict):
         "null = no limit",
     )
     auth_header_env: EnvVarName | None = Field(
-        None, description="name of an env var whose value is sent as the Authorization header"
+        None,
+        description="name of an env var whose value is sent as the Authorization header (by "
+        "the plain fetcher, and by the browser to the hosts in scope only)",
+    )
+    cookies_env: EnvVarName | None = Field(
+        None,
+        description="name of an env var holding the path of a cookies.txt file (Netscape "
+        "format, e.g. exported from a logged-in browser); its cookies are sent by the plain "
+        "fetcher and the browser",
+    )
+    render: Literal["none", "browser"] = Field(
+        "none",
+        description="browser: pages are loaded in headless Chromium and the DOM it built is "
+        "stored (for documentation built by JavaScript); none: the HTML the server sends",
+    )
+    render_patterns: list[Regex] = Field(
+        default_factory=list,
+        description="regexes of the URLs that need the browser on a mixed site; empty = every "
+        "page when render is browser",
+    )
+    render_wait_for: CssSelector | None = Field(
+        None,
+        description="CSS selector that marks a rendered page as ready; null = network idle "
+        "(no request for 500 ms)",
+    )
+    render_timeout_s: float = Field(
+        30.0, gt=0, description="a page not ready within this is recorded failed (render_timeout)"
     )
 
     @model_validator(mode="after")
@@ -190,9 +216,22 @@ class CrawlParams(Strict):
     def _auth_env_present(self) -> CrawlParams:
         # Checked here so a missing secret fails before any work; the value itself is read
         # only when the crawl starts and never stored in params (the Prefect UI shows those).
-        if self.auth_header_env and not os.environ.get(self.auth_header_env):
+        for key in ("auth_header_env", "cookies_env"):
+            name = getattr(self, key)
+            if name and not os.environ.get(name):
+                raise ValueError(f"{key} names {name}, which is not set in the environment")
+        if self.cookies_env and not Path(os.environ[self.cookies_env]).is_file():
             raise ValueError(
-                f"auth_header_env names {self.auth_header_env}, which is not set in the environment"
+                f"cookies_env names {self.cookies_env}, which does not hold the path of a file"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _patterns_need_browser(self) -> CrawlParams:
+        if self.render_patterns and self.render == "none":
+            raise ValueError(
+                "crawl.render_patterns lists the URLs that need the browser, but render is none; "
+                "set crawl.render: browser (or empty crawl.render_patterns)"
             )
         return self
 
@@ -206,6 +245,17 @@ class CrawlParams(Strict):
                 f"crawl.auth_header_env: environment variable {self.auth_header_env} is not set"
             )
         return value
+
+    def cookies_file(self) -> Path | None:
+        """The cookies.txt path from the environment, or None when none is configured."""
+        if self.cookies_env is None:
+            return None
+        value = os.environ.get(self.cookies_env)
+        if not value:
+            raise ParamsError(
+                f"crawl.cookies_env: environment variable {self.cookies_env} is not set"
+            )
+        return Path(value)
 
 
 class MarkdownParams(Strict):

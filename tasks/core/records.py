@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 # The sets of data/sft and data/orpo, as named in their dataset_info.json: the datasets stage
 # writes them, the sft and orpo stages train on them by these names.
@@ -56,6 +56,9 @@ class ManifestEntry(BaseModel):
     depth: int = 0
     duplicate_of: str | None = None
     reason: str | None = None
+    # The stored bytes are the DOM a browser built (crawl.render), not the server's HTML.
+    # Left out when false, so manifests of plain crawls stay byte-identical.
+    rendered: bool = Field(False, exclude_if=lambda v: not v)
 
 
 class MarkdownDoc(BaseModel):

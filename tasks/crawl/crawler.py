@@ -9,6 +9,10 @@ previous stored version and follows its links; 404/410 on a known page, or a pag
 reached, makes it REMOVED. robots.txt 4xx allows all; 5xx or unreachable after retries stops
 the crawl with CrawlError before anything is written (RFC 9309: assume full disallow).
 
+With crawl.render: browser, a page's fetched HTML goes to the browser (tasks/crawl/render.py)
+and the DOM it built takes the body's place; everything around it is the plain crawl's path.
+With render none, bodies that look like JavaScript shells are counted for the report's hint.
+
 Every URL seen but not fetched or not stored (out of scope, excluded, a trap, over max_pages,
 not HTML, blocked ...) is counted by reason in the report and listed, with the page that
 linked it, in exclusions.jsonl beside the manifest; so are sitemaps read in part or not at all.
@@ -41,16 +45,34 @@ from tasks.core.encoding import (
 from tasks.core.io import read_jsonl, write_if_changed
 from tasks.core.params import CrawlParams
 from tasks.core.records import Exclusion, ManifestEntry, PageStatus, content_sha, url_id
-from tasks.crawl.fetch import Fetched, Fetcher, RetryPolicy
+from tasks.crawl.fetch import (
+    Fetched,
+    Fetcher,
+    RetryPolicy,
+    compute_backoff,
+    read_cookie_jar,
+)
 from tasks.crawl.links import extract_links
+from tasks.crawl.render import (
+    Browser,
+    BrowserUnavailable,
+    RenderJob,
+    RenderSession,
+    RenderStats,
+    build_browser_cookies,
+)
 from tasks.crawl.robots import ALLOW_ALL, Robots, decode_robots, parse_robots, parse_sitemap
+from tasks.crawl.shells import is_js_shell
 from tasks.crawl.urls import (
     compile_excludes,
     extract_skip_reason,
+    is_in_scope,
+    normalize_hash_route,
     normalize_link,
     normalize_scope,
     normalize_url,
     parse_url_pattern,
+    strip_fragment,
 )
 
 log = logging.getLogger(__name__)
@@ -66,6 +88,8 @@ MAX_SITEMAPS = 50
 # only waits (spinning on a CPU the fetching threads and the server need), so one writes.
 WRITER_THREADS = 1
 STORED = (PageStatus.OK, PageStatus.DUPLICATE)
+DENIED = frozenset({401, 403})
+RENDERED_CONTENT_TYPE = "text/html; charset=utf-8"  # what page.content() is stored as
 
 
 class CrawlError(RuntimeError):
@@ -159,6 +183,8 @@ class Outcome:
     kept: ManifestEntry | None = None  # the previous entry, kept because this fetch failed
     links: list[str] = field(default_factory=list)
     canonical: str | None = None
+    rendered: bool = False  # the body is the DOM the browser built
+    js_shell: bool = False  # a plain body that looks like a JavaScript shell
 
 
 @dataclass
@@ -180,6 +206,13 @@ class Context:
     # creation holds for its whole (on some filesystems, slow) inode allocation.
     page_files: set[str] = field(default_factory=set)
     page_files_lock: threading.Lock = field(default_factory=threading.Lock)
+    # crawl.render: browser: what this crawl asks of the browser, and its session there.
+    render_job: RenderJob | None = None
+    render_session: RenderSession | None = None
+    # ETags and Last-Modified dates that rendered pages of different content share: a shell
+    # served for every page, whose validators cannot tell whether a page changed.
+    shared_validators: set[str] = field(default_factory=set)
+    render_patterns: list[re.Pattern[str]] = field(default_factory=list)
 
     def robots_for(self, url: str) -> Robots:
         return self.robots.get(parse_origin(url), ALLOW_ALL)
@@ -190,6 +223,27 @@ class Context:
         if reason is None and self.params.respect_robots and not self.robots_for(url).allows(url):
             return "blocked"
         return reason
+
+    def needs_render(self, url: str) -> bool:
+        """Whether the browser builds this page (crawl.render, crawl.render_patterns)."""
+        if self.render_job is None:
+            return False
+        return not self.render_patterns or any(p.search(url) for p in self.render_patterns)
+
+    def refuse_subrequest(self, url: str, resource_type: str) -> str | None:
+        """Why the browser may not make this request: the hosts in scope serve a page's
+        scripts, styles and data wherever they keep them, but a page (a frame, a script's
+        navigation) must be in scope, and robots.txt holds for all of them."""
+        target = normalize_url(url)
+        if target is None:
+            return "bad_url"
+        if parse_origin(target) not in {parse_origin(prefix) for prefix in self.scope}:
+            return "other_host"
+        if resource_type == "document" and not is_in_scope(target, self.scope):
+            return "out_of_scope"
+        if self.params.respect_robots and not self.robots_for(target).allows(target):
+            return "robots_txt"
+        return None
 
 
 def parse_origin(url: str) -> str:
@@ -319,14 +373,32 @@ def read_stored(ctx: Context, entry: ManifestEntry | None) -> bytes | None:
     return path.read_bytes() if path.is_file() else None
 
 
-def build_conditional_headers(ctx: Context, url: str) -> dict[str, str]:
+def find_shared_validators(old: dict[str, ManifestEntry]) -> set[str]:
+    """Validators that rendered pages with different content have in common: those of a shell
+    the server sends for every page. A 304 to them says the shell is unchanged, not the page
+    (whose content comes from elsewhere, e.g. an API), so such pages render on every crawl."""
+    contents: dict[str, set[str | None]] = {}
+    for e in old.values():
+        if e.rendered and e.status in STORED:
+            for validator in (e.etag, e.last_modified):
+                if validator:
+                    contents.setdefault(validator, set()).add(e.sha256)
+    return {v for v, shas in contents.items() if len(shas) > 1}
+
+
+def build_conditional_headers(ctx: Context, url: str, rendered: bool) -> dict[str, str]:
+    """If-None-Match / If-Modified-Since from the stored version. Not when it was stored by
+    the other way (rendered or not): a 304 would keep bytes of the wrong kind. Nor for a hash
+    route: every route shares the shell, whose validators say nothing about the route."""
     old = ctx.old.get(url)
     if old is None or old.status not in STORED or not (ctx.raw_dir / (old.file or "")).is_file():
         return {}
+    if old.rendered != rendered or "#" in url:
+        return {}
     headers = {}
-    if old.etag:
+    if old.etag and old.etag not in ctx.shared_validators:
         headers["If-None-Match"] = old.etag
-    if old.last_modified:
+    if old.last_modified and old.last_modified not in ctx.shared_validators:
         headers["If-Modified-Since"] = old.last_modified
     return headers
 
@@ -335,10 +407,16 @@ def fetch_page(ctx: Context, task: Task) -> Outcome:
     """Fetch one URL, following in-scope redirects by hand."""
     url = task.url
     for _ in range(MAX_REDIRECTS + 1):
-        result = ctx.fetcher.fetch(url, build_conditional_headers(ctx, url), html_only=True)
+        rendered = ctx.needs_render(url)
+        conditional = build_conditional_headers(ctx, url, rendered)
+        result = ctx.fetcher.fetch(strip_fragment(url), conditional, html_only=True)
         location = result.headers.get("Location")
         if result.status not in REDIRECTS or not location:
-            return build_outcome(ctx, task, url, result)
+            if rendered and result.status == 200 and not result.error:
+                result = fetch_rendered(ctx, url, result)
+            out = build_outcome(ctx, task, url, result)
+            out.rendered = rendered
+            return out
         target = normalize_url(location, base=url)
         refusal = ctx.refusal(target) if target else "bad_redirect"
         if refusal:
@@ -347,6 +425,31 @@ def fetch_page(ctx: Context, task: Task) -> Outcome:
             return Outcome(task, url, status, result.status, reason, detail=location)
         url = target or url
     return Outcome(task, url, PageStatus.FAILED, reason="too_many_redirects")
+
+
+def fetch_rendered(ctx: Context, url: str, shell: Fetched) -> Fetched:
+    """The page as the browser built it from the fetched shell, in the shell's place: the
+    shell's validators kept (the next crawl's conditional GET), the body the DOM in UTF-8.
+    A browser error is retried like a failed request; a page that never became ready is not,
+    since it had its whole crawl.render_timeout_s already."""
+    assert ctx.render_session is not None
+    policy = ctx.fetcher.policy
+    for attempt in range(policy.retries + 1):
+        got = ctx.render_session.render(url, shell.body, shell.content_type)
+        if got.error != "render_error" or attempt == policy.retries:
+            break
+        time.sleep(compute_backoff(attempt, policy, None))
+    headers = {k: v for k in ("ETag", "Last-Modified") if (v := shell.headers.get(k))}
+    headers["Content-Type"] = RENDERED_CONTENT_TYPE
+    return Fetched(
+        url,
+        status=200,
+        headers=headers,
+        body=got.html,
+        error=got.error,
+        detail=got.detail,
+        attempts=attempt + 1,
+    )
 
 
 def build_outcome(ctx: Context, task: Task, url: str, result: Fetched) -> Outcome:
@@ -420,6 +523,7 @@ def claim_page_file(ctx: Context, name: str) -> bool:
 def store_body(ctx: Context, out: Outcome) -> Outcome:
     """Hash and store the body (in the worker: hashing and file I/O run outside the GIL)."""
     if out.body is not None:
+        out.js_shell = not out.rendered and is_js_shell(out.body, out.encoding or "utf-8")
         out.sha = content_sha(out.body)
         name = page_file(out.sha)
         if not claim_page_file(ctx, name):
@@ -437,12 +541,18 @@ def finish_outcome(out: Outcome) -> Outcome:
     if out.body is None:
         return out
     hrefs, canonical, base = extract_links(out.body, out.encoding or "utf-8")
-    base_url = normalize_url(base, base=out.final_url) if base else None
-    base_url = base_url or out.final_url
+    page_url = strip_fragment(out.final_url)
+    base_url = normalize_url(base, base=page_url) if base else None
+    base_url = base_url or page_url
     # Pages link to many #anchors of the same page: normalise each target once.
     targets = dict.fromkeys(h.split("#", 1)[0] for h in hrefs)
-    out.links = list(dict.fromkeys(n for n in (normalize_link(h, base_url) for h in targets) if n))
-    out.canonical = normalize_url(canonical, base_url) if canonical else None
+    links = [normalize_link(h, base_url) for h in targets]
+    if out.rendered:  # a client-side router's #/ routes are pages only once rendered
+        links += [normalize_hash_route(h, page_url) for h in hrefs if "#" in h]
+    out.links = list(dict.fromkeys(n for n in links if n))
+    # A canonical URL names no hash route: every route of the page would take its identity.
+    if canonical and "#" not in out.final_url:
+        out.canonical = normalize_url(canonical, base_url)
     out.body = None  # stored on disk; keep memory flat on big sites
     return out
 
@@ -581,6 +691,7 @@ def record_outcome(frontier: Frontier, out: Outcome) -> None:
     if out.sha:
         fields["file"] = page_file(out.sha)
         fields["fetched_at"] = choose_fetched_at(frontier.ctx.old.get(url), out.sha)
+        fields["rendered"] = out.rendered
     frontier.add_entry(url, out.status, task.order, task.depth, task.found, **fields)
 
 
@@ -706,7 +817,13 @@ def delete_unreferenced(raw_dir: Path, entries: list[ManifestEntry]) -> int:
 # --- entry point -------------------------------------------------------------------------
 
 
-def build_context(params: CrawlParams, raw_dir: Path, auth_header: str | None) -> Context:
+def build_context(
+    params: CrawlParams,
+    raw_dir: Path,
+    auth_header: str | None,
+    cookies_file: Path | None = None,
+) -> Context:
+    cookies = read_cookie_jar(cookies_file) if cookies_file else None
     fetcher = Fetcher(
         user_agent=params.user_agent,
         timeout_s=params.timeout_s,
@@ -715,8 +832,9 @@ def build_context(params: CrawlParams, raw_dir: Path, auth_header: str | None) -
         policy=RetryPolicy(params.retries, params.backoff_s, params.backoff_max_s),
         rate=params.requests_per_second,
         auth_header=auth_header,
+        cookies=cookies,
     )
-    return Context(
+    ctx = Context(
         params=params,
         raw_dir=raw_dir,
         fetcher=fetcher,
@@ -725,6 +843,36 @@ def build_context(params: CrawlParams, raw_dir: Path, auth_header: str | None) -
         robots={},
         old=read_manifest(raw_dir),
     )
+    ctx.shared_validators = find_shared_validators(ctx.old)
+    if params.render == "browser":
+        ctx.render_patterns = compile_excludes(params.render_patterns)
+        ctx.render_job = RenderJob(
+            user_agent=params.user_agent,
+            wait_for=params.render_wait_for,
+            timeout_s=params.render_timeout_s,
+            max_bytes=params.max_page_bytes,
+            refuse=ctx.refuse_subrequest,
+            limiter=fetcher.limiter,
+            pages=params.concurrency,
+            auth_header=auth_header,
+            cookies=build_browser_cookies(cookies) if cookies else [],
+        )
+    return ctx
+
+
+def start_browser(ctx: Context, browser: Browser | None) -> Browser | None:
+    """Open this crawl's session in the browser given, else in one started here (returned,
+    for the caller to close); nothing when the crawl does not render."""
+    if ctx.render_job is None:
+        return None
+    owned = None
+    if browser is None:
+        try:
+            browser = owned = Browser().start()
+        except BrowserUnavailable as exc:
+            raise CrawlError(f"crawl.render is browser, but {exc}") from exc
+    ctx.render_session = browser.open_session(ctx.render_job)
+    return owned
 
 
 def prepare_robots(ctx: Context, start_urls: list[str]) -> float | None:
@@ -796,6 +944,29 @@ def describe_start(out: Outcome) -> str:
     if out.reason == "too_large":
         parts.append("over crawl.max_page_bytes (raise it for pages this big)")
     return ", ".join(parts)
+
+
+def check_access(outcomes: list[Outcome], params: CrawlParams) -> None:
+    """Stop at once when a start URL answers 401 or 403: every other page would too, and only
+    the credentials can change that."""
+    for out in outcomes:
+        if out.http_status not in DENIED:
+            continue
+        given = [
+            f"crawl.{k} = {v}"
+            for k in ("auth_header_env", "cookies_env")
+            if (v := getattr(params, k))
+        ]
+        fix = (
+            f"the credentials from {' and '.join(given)} were refused: renew them"
+            if given
+            else "the site needs credentials: set crawl.auth_header_env (an env var holding the "
+            "Authorization header, e.g. 'Bearer <token>') or crawl.cookies_env (an env var "
+            "holding the path of a cookies.txt exported from a logged-in browser)"
+        )
+        raise CrawlError(
+            f"start URL {out.task.url} answered HTTP {out.http_status}; {fix}. Nothing was changed"
+        )
 
 
 def check_start_urls(outcomes: list[Outcome]) -> None:
@@ -871,10 +1042,34 @@ def summarize(
         "crawl_delay_s": {"asked": ctx.crawl_delay.asked, "used": ctx.crawl_delay.used},
         "robots_truncated": len(ctx.robots_truncated),
         "sitemaps": ctx.sitemaps.to_report(),
+        **summarize_rendering(ctx, outcomes),
         "bytes_downloaded": fetcher.bytes_downloaded,
         "wall_s": round(wall_s, 3),
         "pages_per_s": round(len(outcomes) / wall_s, 2) if wall_s > 0 else 0.0,
     }
+
+
+def summarize_rendering(ctx: Context, outcomes: list[Outcome]) -> dict[str, Any]:
+    """The browser's work, and the pages that look like JavaScript shells it did not build."""
+    shells = [o.task.url for o in outcomes if o.js_shell]
+    hint = None
+    if shells:
+        hint = (
+            f"{len(shells)} page(s) look like JavaScript shells (scripts and almost no text, "
+            f"e.g. {shells[0]}): set crawl.render: browser (or list them in "
+            "crawl.render_patterns) so that a browser builds them"
+        )
+    job = ctx.render_job
+    return {
+        "render": {"mode": ctx.params.render, **(job.stats if job else RenderStats()).to_report()},
+        "js_shells": len(shells),
+        "js_shell_hint": hint,
+    }
+
+
+def warn_about_shells(report: dict[str, Any]) -> None:
+    if report["js_shell_hint"]:
+        run_logger().warning("%s", report["js_shell_hint"])
 
 
 def crawl_all(
@@ -889,7 +1084,12 @@ def crawl_all(
         ThreadPoolExecutor(ctx.params.concurrency, thread_name_prefix="crawl") as pool,
         ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="crawl-write") as ctx.writer,
     ):
-        outcomes = crawl_bfs(frontier, pool, start, tick, check_start_urls)
+
+        def check_first(got: list[Outcome]) -> None:
+            check_access(got, ctx.params)
+            check_start_urls(got)
+
+        outcomes = crawl_bfs(frontier, pool, start, tick, check_first)
         seeds = ((normalize_url(url), listed_in) for url, listed_in in sitemap)
         level = [t for t in (frontier.admit(u, 0, listed_in=s) for u, s in seeds if u) if t]
         outcomes += crawl_bfs(frontier, pool, level, tick)
@@ -903,12 +1103,16 @@ def crawl_site(
     raw_dir: Path,
     *,
     auth_header: str | None = None,
+    cookies_file: Path | None = None,
+    browser: Browser | None = None,
     show_progress: bool = True,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Crawl, write raw_dir/pages/* and raw_dir/manifest.jsonl atomically, return the report."""
+    """Crawl, write raw_dir/pages/* and raw_dir/manifest.jsonl atomically, return the report.
+    With crawl.render: browser, pages render in `browser` (else one started for this crawl)."""
     started = time.monotonic()
-    ctx = build_context(params, raw_dir, auth_header)
+    ctx = build_context(params, raw_dir, auth_header, cookies_file)
+    owned = None
     start_urls = [u for u in (normalize_url(s) for s in params.start_urls) if u]
     lock = threading.Lock()
     bar = tqdm(desc="crawl", unit="page", file=sys.stderr, disable=not show_progress)
@@ -921,6 +1125,7 @@ def crawl_site(
         rate = prepare_robots(ctx, start_urls)
         check_time_budget(params, rate, ctx.crawl_delay)
         ctx.fetcher.set_rate(rate)
+        owned = start_browser(ctx, browser)
         (raw_dir / PAGES).mkdir(parents=True, exist_ok=True)
         ctx.page_files = list_page_files(raw_dir)
         sitemap = fetch_sitemap_urls(ctx, read_sitemap_roots(ctx)) if params.use_sitemap else []
@@ -936,6 +1141,10 @@ def crawl_site(
     finally:
         bar.close()
         ctx.fetcher.close()
+        if ctx.render_session is not None:
+            ctx.render_session.close()
+        if owned is not None:
+            owned.close()
     if not force:
         check_removals(frontier.entries, ctx.old, params.max_removed_fraction)
     entries = reconcile(frontier.entries, ctx.old)
@@ -944,7 +1153,11 @@ def crawl_site(
     write_manifest(raw_dir, entries)
     delete_unreferenced(raw_dir, entries)
     warn_about_traps(frontier.trap_patterns, params.max_urls_per_pattern)
-    return summarize(entries, ctx.old, outcomes, frontier, ctx.fetcher, time.monotonic() - started)
+    report = summarize(
+        entries, ctx.old, outcomes, frontier, ctx.fetcher, time.monotonic() - started
+    )
+    warn_about_shells(report)
+    return report
 
 
 def warn_about_traps(trap_patterns: Counter[str], budget: int | None) -> None:

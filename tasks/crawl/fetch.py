@@ -7,9 +7,12 @@ import os
 import random
 import threading
 import time
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from http.cookiejar import CookieJar, MozillaCookieJar
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -49,14 +52,20 @@ class RateLimiter:
         with self._lock:
             self.interval = 1.0 / rate if rate else 0.0
 
-    def wait(self) -> None:
+    def reserve(self) -> float:
+        """Take the next free slot; the seconds to wait for it (the browser's requests wait
+        in its event loop, not in a thread)."""
         with self._lock:
             now = time.monotonic()
             slot = max(now, self._last + self.interval)
             self._last = slot
+        return slot - now
+
+    def wait(self) -> None:
         # Sleep outside the lock: each thread owns its reserved slot already.
-        if slot > now:
-            time.sleep(slot - now)
+        delay = self.reserve()
+        if delay > 0:
+            time.sleep(delay)
 
 
 @dataclass(frozen=True)
@@ -106,10 +115,12 @@ class Fetcher:
         policy: RetryPolicy,
         rate: float | None,
         auth_header: str | None = None,
+        cookies: CookieJar | None = None,
     ) -> None:
         self.headers = {**default_headers(), "User-Agent": user_agent}
         if auth_header:
             self.headers["Authorization"] = auth_header
+        self.cookies = cookies
         # requests uses one timeout for connecting and for each read; so do we.
         self.timeout = urllib3.Timeout(connect=timeout_s, read=timeout_s)
         self.timeout_s = timeout_s
@@ -184,7 +195,7 @@ class Fetcher:
             response = self.manager_for(url).urlopen(
                 "GET",
                 requote_uri(url),
-                headers={**self.headers, **headers},
+                headers={**self.headers, **self.build_cookie_header(url), **headers},
                 timeout=self.timeout,
                 redirect=False,
                 retries=False,
@@ -233,6 +244,15 @@ class Fetcher:
             result.error, result.detail = "too_large", f"more than {read.max_bytes} bytes"
         return result
 
+    def build_cookie_header(self, url: str) -> dict[str, str]:
+        """The jar's cookies for this URL (domain, path, secure and expiry rules applied)."""
+        if self.cookies is None:
+            return {}
+        request = urllib.request.Request(url)
+        self.cookies.add_cookie_header(request)
+        cookie = request.get_header("Cookie")
+        return {"Cookie": cookie} if cookie else {}
+
     def count_bytes(self, n: int) -> None:
         with self._lock:
             self.bytes_downloaded += n
@@ -249,6 +269,18 @@ class Read:
 
 class DeadlineExceeded(HTTPError):
     """The request ran past crawl.request_deadline_s (raised between reads)."""
+
+
+def read_cookie_jar(path: Path) -> MozillaCookieJar:
+    """A Netscape cookies.txt (the format browsers' cookie exporters and curl write), with
+    session cookies kept: exporters write them with expiry 0, which would read as expired."""
+    jar = MozillaCookieJar()
+    jar.load(str(path), ignore_discard=True, ignore_expires=True)
+    for cookie in jar:
+        if cookie.expires == 0:
+            cookie.expires, cookie.discard = None, True
+    jar.clear_expired_cookies()
+    return jar
 
 
 def build_manager(proxy: str | None) -> urllib3.PoolManager:

@@ -173,3 +173,21 @@ def extract_skip_reason(
     if not looks_like_html(url):
         return "not_html_url"
     return extract_trap_reason(url, params)
+
+
+HASH_ROUTE_PREFIXES = ("/", "!/")
+
+
+def strip_fragment(url: str) -> str:
+    """The URL a server is asked for: a fragment never goes on the wire."""
+    return url.split("#", 1)[0]
+
+
+def normalize_hash_route(href: str, base: str) -> str | None:
+    """A link to a client-side hash route (`#/guide`, `#!/guide`) with the route kept, since on
+    a site routed that way each route is a page of its own; None for any other link."""
+    target, _, fragment = href.partition("#")
+    if not fragment.startswith(HASH_ROUTE_PREFIXES):
+        return None
+    page = normalize_link(target, base) if target else normalize_url(strip_fragment(base))
+    return f"{page}#{fragment}" if page else None

@@ -90,6 +90,33 @@ def test_auth_secret_comes_only_from_the_environment(
     assert "s3cret" not in params.model_dump_json()
 
 
+def test_cookie_jar_path_comes_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_params(tmp_path, crawl={"cookies_env": "DOCS_COOKIES_FOR_TEST"})
+    monkeypatch.delenv("DOCS_COOKIES_FOR_TEST", raising=False)
+    with pytest.raises(ParamsError, match="cookies_env names DOCS_COOKIES_FOR_TEST, which is not"):
+        load_params("crawl", CrawlParams, path)
+    monkeypatch.setenv("DOCS_COOKIES_FOR_TEST", str(tmp_path / "missing.txt"))
+    with pytest.raises(ParamsError, match="does not hold the path of a file"):
+        load_params("crawl", CrawlParams, path)
+    (tmp_path / "cookies.txt").write_text("# Netscape HTTP Cookie File\n")
+    monkeypatch.setenv("DOCS_COOKIES_FOR_TEST", str(tmp_path / "cookies.txt"))
+    assert load_params("crawl", CrawlParams, path).cookies_file() == tmp_path / "cookies.txt"
+
+
+def test_render_settings_are_checked(tmp_path: Path) -> None:
+    path = write_params(tmp_path, crawl={"render_patterns": ["/app/"]})
+    with pytest.raises(ParamsError, match=r"crawl\.render_patterns.*set crawl\.render: browser"):
+        load_params("crawl", CrawlParams, path)
+    path = write_params(tmp_path, crawl={"render": "chrome"})
+    with pytest.raises(ParamsError, match=r"crawl\.render\b"):
+        load_params("crawl", CrawlParams, path)
+    path = write_params(tmp_path, crawl={"render": "browser", "render_wait_for": "main[["})
+    with pytest.raises(ParamsError, match=r"crawl\.render_wait_for"):
+        load_params("crawl", CrawlParams, path)
+
+
 def test_stage_exits_before_any_work_with_the_message(tmp_path: Path) -> None:
     write_params(tmp_path, crawl={"max_pages": -5})
     with pytest.raises(SystemExit) as exc:

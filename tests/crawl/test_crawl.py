@@ -642,6 +642,34 @@ def test_auth_header_is_sent(docsite: DocSite, tmp_path: Path) -> None:
     assert {h.headers.get("Authorization") for h in docsite.hits} == {"Bearer t0k"}
 
 
+def test_cookie_jar_is_sent_where_its_cookies_apply(docsite: DocSite, tmp_path: Path) -> None:
+    docsite.page("/docs/index.html", ["guide/a.html"])
+    docsite.page("/docs/guide/a.html")
+    jar = tmp_path / "cookies.txt"
+    jar.write_text(
+        "# Netscape HTTP Cookie File\n"
+        "127.0.0.1\tFALSE\t/\tFALSE\t0\tsession\tabc\n"  # 0: a session cookie
+        "127.0.0.1\tFALSE\t/docs/guide\tFALSE\t0\tguide\tg1\n"
+        "127.0.0.1\tFALSE\t/\tFALSE\t1\tstale\told\n"  # expired in 1970
+        "#HttpOnly_.other.test\tTRUE\t/\tFALSE\t0\tforeign\tx\n"
+    )
+    crawl_site(make_params(docsite), tmp_path / "raw", cookies_file=jar, show_progress=False)
+    cookies = {h.path: h.headers.get("Cookie") for h in docsite.hits}
+    assert cookies["/docs/index.html"] == "session=abc"
+    assert cookies["/docs/guide/a.html"] == "guide=g1; session=abc"
+
+
+def test_refused_start_page_fails_at_once_naming_the_settings(
+    docsite: DocSite, tmp_path: Path
+) -> None:
+    docsite.page("/docs/index.html", ["a.html"])
+    docsite.add("/docs/index.html", b"log in first", status=401)
+    with pytest.raises(CrawlError, match=r"index.html answered HTTP 401.*crawl.auth_header_env"):
+        crawl(docsite, tmp_path)
+    assert [h.path for h in docsite.page_hits()] == ["/docs/index.html"]
+    assert not (tmp_path / "manifest.jsonl").exists()
+
+
 def test_gzip_bodies_are_stored_decoded(docsite: DocSite, tmp_path: Path) -> None:
     body = render_page("/docs/index.html", text="z" * 3000)
     docsite.add("/docs/index.html", gzip.compress(body), headers={"Content-Encoding": "gzip"})

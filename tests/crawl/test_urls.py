@@ -13,6 +13,7 @@ from tasks.crawl.urls import (
     extract_trap_reason,
     is_in_scope,
     looks_like_html,
+    normalize_hash_route,
     normalize_scope,
     normalize_url,
     parse_url_pattern,
@@ -130,3 +131,12 @@ def test_url_patterns_abstract_query_values_and_path_digits_only() -> None:
     assert parse_url_pattern("http://d.test/print?all") == "http://d.test/print?all"
     # Nothing to abstract (the port's digits are not the path's): a pattern of one URL.
     assert parse_url_pattern("http://d.test:8080/guide/index.html") is None
+
+
+def test_hash_routes_keep_their_route_and_anchors_are_not_routes() -> None:
+    base = "http://docs.test/app/index.html"
+    assert normalize_hash_route("#/guide", base) == base + "#/guide"
+    assert normalize_hash_route("#!/guide/x", base + "#/other") == base + "#!/guide/x"
+    assert normalize_hash_route("other.html#/a", base) == "http://docs.test/app/other.html#/a"
+    assert normalize_hash_route("#intro", base) is None
+    assert normalize_hash_route("other.html", base) is None

@@ -56,6 +56,9 @@ class DocSite:
         self.routes: dict[str, Route] = {}
         self.generators: dict[str, Callable[[str], Route | None]] = {}
         self.hits: list[Hit] = []
+        # (path, request headers with lower-case names) -> a status to refuse the request
+        # with, or None to serve it
+        self.guard: Callable[[str, dict[str, str]], int | None] | None = None
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(self))
         self.server.daemon_threads = True
@@ -81,6 +84,17 @@ class DocSite:
 
     def redirect(self, path: str, location: str, status: int = 301) -> Route:
         return self.add(path, status=status, headers={"Location": location}, content_type=None)
+
+    def add_files(self, files: dict[str, bytes]) -> None:
+        """Serve {relative path: bytes} (e.g. a site from tasks.services.jssite) at /path."""
+        types = {
+            ".html": "text/html; charset=utf-8",
+            ".js": "text/javascript",
+            ".json": "application/json",
+        }
+        for path, body in files.items():
+            suffix = path[path.rfind(".") :]
+            self.add("/" + path, body, content_type=types.get(suffix, "application/octet-stream"))
 
     def remove(self, path: str) -> None:
         self.routes.pop(path, None)
@@ -124,7 +138,11 @@ def make_handler(site: DocSite) -> type[BaseHTTPRequestHandler]:
             pass
 
         def do_GET(self) -> None:
-            site.log(Hit(time.monotonic(), self.path, dict(self.headers.items())))
+            headers = dict(self.headers.items())
+            site.log(Hit(time.monotonic(), self.path, headers))
+            lowered = {k.lower(): v for k, v in headers.items()}
+            if site.guard is not None and (refused := site.guard(self.path, lowered)):
+                return self.answer(refused, b"log in first", {"Content-Type": "text/plain"})
             route = site.resolve(urlsplit(self.path).path + query_of(self.path))
             if route is None:
                 return self.answer(404, b"not found", {"Content-Type": "text/plain"})
