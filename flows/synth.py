@@ -2,6 +2,8 @@
 
 Run with `dvc repro synth` (or `python -m flows.synth`). The endpoint in params `synth.endpoint`
 must be up (default: `python -m tasks.llm.server --port 8766`); it is checked before any work.
+With several URLs, a chunk's calls stay on one endpoint and one that keeps failing is taken out
+of rotation (tasks/llm/client.py: EndpointPool).
 Reads params `synth:` and data/markdown; writes data/qa/pairs.jsonl (Q/A pairs citing their
 page), data/pref/triples.jsonl (<prompt, chosen, rejected> for ORPO), an exclusions.jsonl beside
 each (every drop and failed page, with its reason), data/synth_cache/ (one file per LLM reply,
@@ -26,7 +28,7 @@ from prefect.cache_policies import NO_CACHE
 from flows import run_name
 from tasks.core.params import PathsParams, SynthParams, load_stage_params
 from tasks.core.report import publish_report, write_report
-from tasks.llm.client import ChatClient, build_client, check_endpoint
+from tasks.llm.client import ChatClient, build_pool, check_pool
 from tasks.synth.generate import (
     PageOutcome,
     PageWork,
@@ -50,9 +52,10 @@ async def synth_page(client: ChatClient, work: PageWork, settings: Settings) -> 
 
 
 async def generate(dirs: SynthDirs, params: SynthParams, count: TokenCounter) -> dict[str, Any]:
-    async with build_client(params.endpoint, params.structured, run_logger()) as client:
-        # An unreachable endpoint fails here, naming its URL; else this is the model it serves.
-        served = await check_endpoint(client)
+    async with build_pool(params.endpoint, params.structured, run_logger()) as client:
+        # Endpoints that are down are taken out of rotation here; with none left this fails,
+        # naming every URL. Else this is the model they serve.
+        served = await check_pool(client)
         return await run_synth(
             client, dirs, params, count, run_page=synth_page, endpoint_model=served
         )

@@ -1,5 +1,5 @@
 """The synth stage's throughput against the endpoint's own, in one run:
-`python -m tasks.bench.synth [--markdown data/markdown] [--max-pages 2]`.
+`python -m tasks.bench.synth [--markdown data/markdown] [--max-pages 3]`.
 
 Starts llama.cpp as params `synth.local_server` describe and runs the stage with an empty
 cache (every call made) while recording each request; then replays exactly those requests
@@ -11,6 +11,19 @@ server already holds skips their prefill, which the first run of a stage cannot.
 prompt tokens and the share the server took from its prefix cache are reported beside it.
 Reports completion tokens/s of the stage and the direct runs, and the ratio stage / direct
 (goal >= 0.9).
+
+The prompt-order section runs the stage once per way of ordering a chunk's calls, each against
+a freshly started server with the demo's settings, on the same pages with one attempt per call
+(so every side makes the same calls): the page last in every prompt with the Q/A call beside
+the points call (synth-v1), the page first with the same schedule, and the page first with the
+Q/A call after the points call (the stage's order). Per side: prompt tokens, the share the
+server took from its prefix cache (overall and per call kind), wall time, and what the filters
+kept, so the order is seen not to cost quality. The machine's load average before and after
+says how much other work shared the cores.
+
+    python -m tasks.bench.synth [--measure prompt_order throughput] [--max-pages 3]
+
+Sections not measured in a run are kept from the --out file.
 """
 
 from __future__ import annotations
@@ -18,9 +31,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -33,9 +47,10 @@ from tasks.core.procs import free_port
 from tasks.core.tokens import find_smollm2_gguf
 from tasks.llm.client import ChatClient, Completion, OpenAIChatClient, grammar_body
 from tasks.llm.server import start_llama_server
-from tasks.synth.generate import SynthDirs, read_token_counter, run_synth
+from tasks.synth.generate import CallOrder, SynthDirs, read_token_counter, run_synth
 
 Request = tuple[list[dict[str, str]], str | None, dict[str, Any] | None]
+Save = Callable[[dict[str, Any]], None]
 
 
 class RecordingClient:
@@ -51,9 +66,12 @@ class RecordingClient:
         *,
         grammar: str | None = None,
         extra_body: dict[str, Any] | None = None,
+        route: str | None = None,
     ) -> Completion:
         self.requests.append((messages, grammar, extra_body))
-        return await self.inner.complete(messages, grammar=grammar, extra_body=extra_body)
+        return await self.inner.complete(
+            messages, grammar=grammar, extra_body=extra_body, route=route
+        )
 
 
 def measurement(completion: int, prompt: int, cached: int, wall_s: float) -> dict[str, Any]:
@@ -67,13 +85,25 @@ def measurement(completion: int, prompt: int, cached: int, wall_s: float) -> dic
 
 
 async def run_stage(
-    params: SynthParams, md_dir: Path, work: Path
+    params: SynthParams, md_dir: Path, work: Path, order: CallOrder | None = None
 ) -> tuple[dict[str, Any], RecordingClient]:
+    report, recorder = await run_stage_report(params, md_dir, work, order)
+    return summarize_stage(report), recorder
+
+
+async def run_stage_report(
+    params: SynthParams, md_dir: Path, work: Path, order: CallOrder | None = None
+) -> tuple[dict[str, Any], RecordingClient]:
+    """The stage's own report of a run with an empty cache, and the requests it made."""
     count = read_token_counter(params.tokenizer, Path(".cache/tokenizers"))
     dirs = SynthDirs(md_dir, work / "qa", work / "pref", work / "cache")
     async with OpenAIChatClient(params.endpoint, structured=params.structured) as client:
         recorder = RecordingClient(client)
-        report = await run_synth(recorder, dirs, params, count)
+        report = await run_synth(recorder, dirs, params, count, order=order)
+    return report, recorder
+
+
+def summarize_stage(report: dict[str, Any]) -> dict[str, Any]:
     tokens = report["tokens"]
     run = measurement(
         tokens["completion_made"],
@@ -88,12 +118,12 @@ async def run_stage(
         "parse_failures": report["parse_failures"],
         "dropped_by_reason": report["dropped_by_reason"],
     }
-    return {**run, **outputs}, recorder
+    return {**run, **outputs}
 
 
 async def replay_direct(params: SynthParams, requests: list[Request]) -> dict[str, Any]:
     endpoint = params.endpoint
-    client = openai.AsyncOpenAI(base_url=endpoint.base_url, api_key="no-key", timeout=600)
+    client = openai.AsyncOpenAI(base_url=endpoint.url, api_key="no-key", timeout=600)
     sampling = OpenAIChatClient(endpoint).sampling_body()
     slots = asyncio.Semaphore(endpoint.concurrency)
 
@@ -143,7 +173,83 @@ def mean_rate(runs: list[dict[str, Any]]) -> float:
     return sum(r["tokens_per_s"] for r in runs) / len(runs)
 
 
-def run_benchmark(params: SynthParams, md_dir: Path) -> dict[str, Any]:
+# The sides of the prompt-order comparison, in the order they run.
+ORDERS: dict[str, CallOrder] = {
+    "page_last": CallOrder("page_last", qa_after_points=False, one_at_a_time=False),  # synth-v1
+    "page_first_together": CallOrder(one_at_a_time=False),
+    "page_first_qa_beside_points": CallOrder(qa_after_points=False, one_at_a_time=False),
+    "page_first": CallOrder(),  # the stage's: a chunk's calls one at a time
+}
+
+
+ORDER_TIMEOUT_S = 3600.0
+
+
+def read_load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def summarize_order_run(report: dict[str, Any], wall_s: float) -> dict[str, Any]:
+    cache = report["prefix_cache"]["made"]
+    return {
+        "calls": report["calls"]["made"],
+        "calls_by_kind": {k: v["calls"] for k, v in cache.items() if k != "all"},
+        "prompt_tokens": cache["all"]["prompt_tokens"],
+        "cached_tokens": cache["all"]["cached_tokens"],
+        "cached_share": cache["all"]["cached_share"],
+        "cached_share_by_kind": {k: v["cached_share"] for k, v in cache.items() if k != "all"},
+        "completion_tokens": report["tokens"]["completion_made"],
+        "generate_s": report["generate_s"],
+        "wall_s": round(wall_s, 2),
+        "pairs_kept": report["pairs"],
+        "triples_kept": report["triples"],
+        "pairs_requested": report["pairs_requested"],
+        # Asks of the same prompt again (cut or refused replies, wire faults): cached either way.
+        "retries_by_cause": report["endpoint"]["retries_by_cause"],
+        "yield": report["yield"],
+        "parse_failures": report["parse_failures"],
+        "dropped_by_reason": report["dropped_by_reason"],
+    }
+
+
+def measure_prompt_orders(params: SynthParams, md_dir: Path, save: Save) -> dict[str, Any]:
+    """One stage run per entry of ORDERS, each against a fresh server, one attempt per call;
+    `save` gets the section after every side (a side takes minutes on a busy machine)."""
+    # No timeouts: a call asked again after one finds its prompt cached by the attempt it
+    # replaces, which would flatter whichever side the machine's load slowed down most.
+    patient = params.endpoint.model_copy(update={"timeout_s": ORDER_TIMEOUT_S})
+    once = params.model_copy(update={"max_attempts": 1, "endpoint": patient})
+    sides: dict[str, Any] = {}
+    section = describe_order_runs(params, sides)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, order in ORDERS.items():
+            load_before = read_load()
+            with fresh_server(once) as served:
+                started = time.perf_counter()
+                work = Path(tmp) / name
+                report, _ = asyncio.run(run_stage_report(served, md_dir, work, order))
+                sides[name] = summarize_order_run(report, time.perf_counter() - started)
+            sides[name]["load_before"], sides[name]["load_after"] = load_before, read_load()
+            save(section)
+    return section
+
+
+def describe_order_runs(params: SynthParams, sides: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "pages": params.max_pages,
+        "max_attempts": 1,
+        "timeout_s": ORDER_TIMEOUT_S,
+        "concurrency": params.endpoint.concurrency,
+        "llama_parallel": params.local_server.parallel,
+        "llama_threads": params.local_server.threads,
+        "server": "freshly started for every side (empty prompt cache), the demo's settings",
+        "load": "os.getloadavg() (1, 5, 15 min) before and after each side",
+        "cores": os.cpu_count(),
+        "sides": sides,
+    }
+
+
+def run_benchmark(params: SynthParams, md_dir: Path, save: Save) -> dict[str, Any]:
     stages: list[dict[str, Any]] = []
     directs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -173,14 +279,35 @@ def run_benchmark(params: SynthParams, md_dir: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--markdown", type=Path, default=Path("data/markdown"))
-    parser.add_argument("--max-pages", type=int, default=2)
+    parser.add_argument("--max-pages", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("reports/bench_synth.json"))
+    parser.add_argument("--measure", nargs="+", choices=sorted(SECTIONS), default=sorted(SECTIONS))
     args = parser.parse_args(argv)
     params = load_params("synth", SynthParams)
     params = params.model_copy(update={"max_pages": args.max_pages})
-    result = run_benchmark(params, args.markdown)
-    write_json_atomic(args.out, result)
+    result = read_sections(args.out)
+    for name in args.measure:
+
+        def save(section: dict[str, Any], name: str = name) -> None:
+            write_json_atomic(args.out, {**result, name: section})
+
+        result[name] = SECTIONS[name](params, args.markdown, save)
+        save(result[name])
     print(json.dumps(result, indent=2))
+
+
+SECTIONS = {"prompt_order": measure_prompt_orders, "throughput": run_benchmark}
+
+
+def read_sections(path: Path) -> dict[str, Any]:
+    """The sections an earlier run wrote (a file from before sections is its throughput)."""
+    try:
+        old = json.loads(path.read_text("utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    if not isinstance(old, dict):
+        return {}
+    return old if set(old) <= set(SECTIONS) else {"throughput": old}
 
 
 if __name__ == "__main__":

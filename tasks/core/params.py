@@ -310,7 +310,11 @@ class SamplingParams(Strict):
 class EndpointParams(Strict):
     """An OpenAI-compatible chat endpoint: vLLM in production, llama.cpp on 127.0.0.1 by default."""
 
-    base_url: HttpUrl = "http://127.0.0.1:8766/v1"
+    base_url: str | list[str] = Field(
+        "http://127.0.0.1:8766/v1",
+        description="one URL, or (synth only) a list of URLs serving the same model: calls "
+        "are spread across them, each with its own `concurrency`",
+    )
     model: str = Field("SmolLM2-135M-Instruct", min_length=1)
     api_key_env: EnvVarName | None = Field(
         None, description="name of the env var holding the API key; null for a keyless server"
@@ -325,6 +329,37 @@ class EndpointParams(Strict):
         description="extra attempts for a request that timed out, lost its connection, got HTTP "
         "408/409/429/5xx or a malformed reply; synth also re-asks a cut or refused reply as often",
     )
+    max_failures: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="with several base_urls: an endpoint whose requests fail this many times "
+        "in a row (each after its retries) is taken out of rotation for the rest of the run",
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _urls(cls, value: str | list[str]) -> str | list[str]:
+        """Checked here rather than by type, so an error names base_url and not a union branch."""
+        urls = value if isinstance(value, list) else [value]
+        if not urls:
+            raise ValueError("an empty list: give at least one URL")
+        for url in urls:
+            _http_url(url)
+        repeated = sorted({url for url in urls if urls.count(url) > 1})
+        if repeated:
+            raise ValueError(f"lists {repeated} more than once")
+        return value
+
+    @property
+    def urls(self) -> list[str]:
+        """Every endpoint URL, in the order given."""
+        return list(self.base_url) if isinstance(self.base_url, list) else [self.base_url]
+
+    @property
+    def url(self) -> str:
+        """The one URL of an endpoint that takes only one (EvalParams checks it has one)."""
+        return self.urls[0]
 
     @model_validator(mode="after")
     def _key_present(self) -> EndpointParams:
@@ -1151,6 +1186,17 @@ class EvalParams(Strict):
         ge=20,
         description="characters per string in a judge reply (in the schema); null = any",
     )
+
+    @model_validator(mode="after")
+    def _one_url_each(self) -> EvalParams:
+        named = {"judge": self.judge, **{f"endpoints.{k}": v for k, v in self.endpoints.items()}}
+        for key, endpoint in named.items():
+            if endpoint is not None and len(endpoint.urls) > 1:
+                raise ValueError(
+                    f"{key}.base_url: one URL here; a list of endpoints is for synth.endpoint"
+                )
+        return self
+
     review_sample: int = Field(
         20, ge=0, description="questions in the blind review sheet and the HTML report"
     )

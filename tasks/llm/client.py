@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import hashlib
+import itertools
 import json
 import logging
 import random
@@ -57,11 +59,16 @@ class Completion:
 class EndpointError(RuntimeError):
     """The endpoint is unreachable, refused the request, or sent a reply that is not a chat
     completion; the message names the URL and what was tried or what was wrong. `retried`
-    holds the causes of the attempts retried before the final one."""
+    holds the causes of the attempts retried before the final one; `endpoint_fault` says the
+    endpoint failed (down, timing out, 5xx, rate limiting, broken replies) rather than the
+    request being refused (a 4xx), which another endpoint would refuse as well."""
 
-    def __init__(self, message: str, retried: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, message: str, retried: tuple[str, ...] = (), endpoint_fault: bool = False
+    ) -> None:
         super().__init__(message)
         self.retried = retried
+        self.endpoint_fault = endpoint_fault
 
 
 class MalformedReplyError(EndpointError):
@@ -70,12 +77,16 @@ class MalformedReplyError(EndpointError):
 
 
 class ChatClient(Protocol):
+    """`route` names what a call belongs to (synth: its page chunk): with several endpoints,
+    calls with the same route go to the same one, where the prompt they share is cached."""
+
     async def complete(
         self,
         messages: list[dict[str, str]],
         *,
         grammar: str | None = None,
         extra_body: dict[str, Any] | None = None,
+        route: str | None = None,
     ) -> Completion: ...
 
 
@@ -294,14 +305,16 @@ class OpenAIChatClient:
         structured: str = "none",
         backoff: Backoff | None = None,
         logger: Logger | None = None,
+        base_url: str | None = None,
     ) -> None:
+        """`base_url` picks one of params' URLs (EndpointPool's clients); default: the first."""
         if structured not in STRUCTURED_MODES:
             raise ValueError(f"structured must be one of {STRUCTURED_MODES}, got {structured!r}")
         self.params = params
         self.structured = structured
         self.backoff = backoff or Backoff()
         self.log = logger or log
-        self.base_url = params.base_url.rstrip("/")
+        self.base_url = (base_url or params.url).rstrip("/")
         # max_retries=0: call_with_retries is the one place that retries, so that every
         # attempt is seen, counted and logged, and a malformed 200 shares the same budget.
         self.sdk = openai.AsyncOpenAI(
@@ -332,7 +345,7 @@ class OpenAIChatClient:
     def final_error(self, where: str, fault: Fault, retried: tuple[str, ...]) -> EndpointError:
         message = render_final_error(where, fault, len(retried) + 1, self.params.retries)
         error = MalformedReplyError if fault.cause == "malformed" else EndpointError
-        return error(message, retried)
+        return error(message, retried, endpoint_fault=fault.retryable)
 
     async def wait_to_retry(self, where: str, fault: Fault, retry: int) -> None:
         wait = self.backoff.wait_s(retry, fault.retry_after)
@@ -380,10 +393,12 @@ class OpenAIChatClient:
         grammar: str | None = None,
         extra_body: dict[str, Any] | None = None,
         json_schema: dict[str, Any] | None = None,
+        route: str | None = None,
     ) -> Completion:
         """One chat completion, retried as the module docstring says; EndpointError when the
         retries are spent. A truncated reply comes back with finish_reason "length".
-        `grammar` or `json_schema` constrains decoding as the client's structured mode says."""
+        `grammar` or `json_schema` constrains decoding as the client's structured mode says.
+        `route` matters only to EndpointPool."""
         where = f"{self.base_url}/chat/completions"
         body = self.request_extra_body(grammar, extra_body, json_schema)
         # Sampling goes in extra_body too so extra_body can override it and so fields the SDK
@@ -453,3 +468,137 @@ async def check_endpoint(client: OpenAIChatClient) -> str | None:
             f"it serves {names}"
         )
     return served
+
+
+class EndpointPool:
+    """Several endpoints serving the same model, as one ChatClient; with one URL it behaves
+    as that endpoint's client alone.
+
+    A call goes to the live endpoint its route ranks first (rendezvous hashing: every route
+    ranks the endpoints in its own order, so taking one out moves only the routes that were on
+    it, and a synth chunk's calls meet the prompt its earlier calls left in that server's
+    cache); a call without a route takes the next endpoint in turn. Each endpoint's client
+    keeps its own concurrency and retries. A call that still fails there counts against the
+    endpoint and is sent again; `max_failures` such failures in a row (a success resets the
+    count) take the endpoint out of rotation, with a log line, and its routes go to the rest.
+    When none is left, the EndpointError names every URL and its last error. A refused request
+    (a 4xx) is raised as it is: every endpoint would refuse it."""
+
+    def __init__(
+        self, clients: list[OpenAIChatClient], max_failures: int, logger: Logger | None = None
+    ) -> None:
+        if not clients:
+            raise ValueError("an endpoint pool needs at least one client")
+        self.clients = clients
+        self.max_failures = max_failures
+        self.log = logger or log
+        self.failures = {c.base_url: 0 for c in clients}  # in a row
+        self.removed: dict[str, str] = {}  # URL -> the error that took it out
+        self.turns = itertools.count()
+
+    @property
+    def base_urls(self) -> list[str]:
+        return [c.base_url for c in self.clients]
+
+    def list_live(self) -> list[OpenAIChatClient]:
+        return [c for c in self.clients if c.base_url not in self.removed]
+
+    def pick(self, route: str | None) -> OpenAIChatClient:
+        live = self.list_live()
+        if not live:
+            lines = "; ".join(f"{url}: {why}" for url, why in self.removed.items())
+            raise EndpointError(f"no endpoint left of {len(self.clients)}: {lines}")
+        if route is None:
+            return live[next(self.turns) % len(live)]
+        return max(live, key=lambda c: rank_endpoint(route, c.base_url))
+
+    def remove(self, client: OpenAIChatClient, why: str) -> None:
+        if client.base_url in self.removed:
+            return
+        self.removed[client.base_url] = why
+        left = len(self.clients) - len(self.removed)
+        self.log.warning(
+            "%s taken out of rotation (%d endpoint(s) left): %s", client.base_url, left, why
+        )
+
+    def note_failure(self, client: OpenAIChatClient, error: EndpointError) -> None:
+        self.failures[client.base_url] += 1
+        if self.failures[client.base_url] >= self.max_failures:
+            failed = f"{self.max_failures} failed request(s) in a row, the last: {error}"
+            self.remove(client, failed)
+
+    async def complete(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        grammar: str | None = None,
+        extra_body: dict[str, Any] | None = None,
+        json_schema: dict[str, Any] | None = None,
+        route: str | None = None,
+    ) -> Completion:
+        """The reply from the route's endpoint; the causes retried on endpoints that failed
+        it come first in `retried`, each failed endpoint's last one as "failover"."""
+        failed: list[str] = []
+        while True:
+            client = self.pick(route)
+            try:
+                reply = await client.complete(
+                    messages, grammar=grammar, extra_body=extra_body, json_schema=json_schema
+                )
+            except EndpointError as exc:
+                if not exc.endpoint_fault:
+                    raise
+                self.note_failure(client, exc)
+                failed += [*exc.retried, "failover"]
+                continue
+            self.failures[client.base_url] = 0
+            return replace(reply, retried=(*failed, *reply.retried))
+
+    async def aclose(self) -> None:
+        for client in self.clients:
+            await client.aclose()
+
+    async def __aenter__(self) -> EndpointPool:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+def rank_endpoint(route: str, base_url: str) -> bytes:
+    return hashlib.sha256(f"{route}\0{base_url}".encode()).digest()
+
+
+def build_pool(
+    params: EndpointParams, structured: str = "none", logger: Logger | None = None
+) -> EndpointPool:
+    """One client per URL in params.base_url, each with params' concurrency and retries."""
+    clients = [
+        OpenAIChatClient(params, structured=structured, logger=logger, base_url=url)
+        for url in params.urls
+    ]
+    return EndpointPool(clients, params.max_failures, logger)
+
+
+async def check_pool(pool: EndpointPool) -> str | None:
+    """check_endpoint on every endpoint: one that is down (after its retries) is taken out of
+    rotation, one that serves another model fails the check, and so does a pool with none
+    left. Returns what the endpoints serve (check_endpoint), which must be the same on all."""
+    served: dict[str, str | None] = {}
+    for client in pool.list_live():
+        try:
+            served[client.base_url] = await check_endpoint(client)
+        except EndpointError as exc:
+            if not exc.endpoint_fault:
+                raise
+            pool.remove(client, str(exc))
+    pool.pick(None)  # raises, naming every URL, when none is left
+    known = {model for model in served.values() if model is not None}
+    if len(known) > 1:
+        raise EndpointError(f"the endpoints serve different models: {served}")
+    return known.pop() if known else None

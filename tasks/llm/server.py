@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
@@ -49,7 +49,31 @@ def serve_llama(
     # makes llama.cpp much slower, not faster.
     params.cpuparams.n_threads = threads
     params.cpuparams_batch.n_threads = threads
+    set_prefix_reuse(params)
     return xllamacpp.Server(params)
+
+
+def set_prefix_reuse(params: Any) -> None:
+    """How the server reuses the prompt prefix that a chunk's calls share (the system line and
+    the page; the synth templates put them first). llama.cpp's own defaults, spelled out
+    because the synth stage's cost depends on them.
+
+    cache_prompt: a slot keeps the prompt it processed, so the next request that starts with
+    it skips its prefill. slot_prompt_similarity: a request goes to the idle slot whose kept
+    prompt shares the longest prefix with it, when that prefix is over 10% of the request
+    (a chunk's follow-up shares ~80%; two different chunks share only the system line, ~3%,
+    and then the least recently used slot is taken). cache_ram_mib: llama.cpp's host-memory
+    cache for prompts pushed out of a slot; the server log of this xllamacpp build shows no
+    prompt-cache updates, so the synth stage does not count on it and sends a chunk's calls
+    one after another instead, each finding the chunk in the slot its previous call used.
+    n_cache_reuse stays 0: it reuses KV chunks
+    found after the common prefix by shifting their positions, which makes a reply depend on
+    what happened to be cached (the shifted entries were computed after other text); the
+    synth prompts need only the plain prefix."""
+    params.cache_prompt = True
+    params.slot_prompt_similarity = 0.1
+    params.cache_ram_mib = 8192
+    params.n_cache_reuse = 0
 
 
 def run_server_forever(args: argparse.Namespace) -> None:

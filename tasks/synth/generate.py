@@ -25,7 +25,10 @@ run independently, so a question that repeats another page's is dropped but not 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import hashlib
+import heapq
 import itertools
 import json
 import logging
@@ -34,7 +37,8 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -78,6 +82,7 @@ from tasks.synth.parse import Parsed, parse_points, parse_qa, parse_triple
 from tasks.synth.prompts import (
     PROMPT_VERSION,
     Persona,
+    PromptOrder,
     grammar_max_chars,
     render_citation,
     render_messages,
@@ -225,6 +230,7 @@ class CallRequest:
     key: str
     url: str = ""  # the page's, for log lines
     attempt: int = 0
+    chunk: int = 0
 
 
 @dataclass(frozen=True)
@@ -238,6 +244,50 @@ class CallResult:
     seconds: float
     made: bool  # False when read back from the cache
     cached_prompt_tokens: int = 0  # prompt tokens the server took from its prefix cache
+    kind: str = ""  # the request's: qa | points | good | false_premise
+
+
+class CallGate:
+    """Lets at most `size` calls through at once, the lowest rank first (then first come).
+
+    The stage ranks a call by its page's reading position and its chunk, so a chunk's
+    follow-up calls (its triples once its points arrive, its asks again) go before the first
+    calls of chunks behind it: they reach the endpoint while the page is still in its prefix
+    cache, instead of behind every other chunk's first calls (first come, first served, as the
+    client's own semaphore does, a chunk's triples would wait for all the pages' points calls
+    and find the page evicted at production scale)."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self.waiting: list[tuple[tuple[int, ...], int, asyncio.Future[None]]] = []
+        self.arrivals = itertools.count()
+
+    @asynccontextmanager
+    async def hold(self, rank: tuple[int, ...]) -> AsyncIterator[None]:
+        if self.free > 0 and not self.waiting:
+            self.free -= 1
+        else:
+            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            heapq.heappush(self.waiting, (rank, next(self.arrivals), turn))
+            try:
+                await turn
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():
+                    self.release()  # handed the place just as it was cancelled: pass it on
+                raise
+        try:
+            yield
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """The place goes to the first waiter still waiting, else back to the pool."""
+        while self.waiting:
+            _, _, turn = heapq.heappop(self.waiting)
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self.free += 1
 
 
 @dataclass
@@ -261,6 +311,20 @@ class EndpointCounts:
         }
 
 
+@dataclass(frozen=True)
+class CallOrder:
+    """Where the page goes in a prompt and when a chunk's Q/A call is asked. Not params: the
+    stage always puts the page first and asks Q/A after the points call; tasks/bench/synth.py
+    sets the others to measure what each is worth."""
+
+    prompt: PromptOrder = "page_first"
+    qa_after_points: bool = True
+    # A chunk's calls one after another: llama.cpp keeps a prefix in one slot, so follow-ups
+    # sent together prefill it again in the other slots; one at a time, each finds it there.
+    # Other chunks keep the remaining slots busy (reports/bench_synth.json: prompt_order).
+    one_at_a_time: bool = True
+
+
 @dataclass
 class Settings:
     """What every page's calls share: params, the cache folder, the calls seen this run."""
@@ -271,6 +335,16 @@ class Settings:
     failed_calls: int = 0
     endpoint: EndpointCounts = field(default_factory=EndpointCounts)
     corrupt_entries: list[str] = field(default_factory=list)  # why each was unreadable
+    # Reading position of each page: calls are let through to the endpoint earliest page and
+    # chunk first (CallGate), so a chunk's follow-up calls overtake later chunks' first calls.
+    ranks: dict[str, int] = field(default_factory=dict)
+    gate: CallGate | None = None
+    order: CallOrder = field(default_factory=CallOrder)
+
+    def __post_init__(self) -> None:
+        if self.gate is None:
+            endpoint = self.params.endpoint
+            self.gate = CallGate(endpoint.concurrency * len(endpoint.urls))
 
     @property
     def persona(self) -> Persona:
@@ -313,12 +387,14 @@ def render_call_key(
 
 
 def build_request(
-    kind: str, doc: MarkdownDoc, user: str, grammar: str, s: Settings, attempt: int
+    kind: str, doc: MarkdownDoc, user: str, grammar: str, s: Settings, at: tuple[int, int]
 ) -> CallRequest:
+    """`at` is (chunk index, attempt)."""
+    chunk, attempt = at
     messages = render_messages(s.persona, user)
     used = grammar if s.params.structured != "none" else None
     key = render_call_key(messages, used, s.params, attempt)
-    return CallRequest(kind, doc.id, messages, used, key, doc.url, attempt)
+    return CallRequest(kind, doc.id, messages, used, key, doc.url, attempt, chunk)
 
 
 def cache_path(cache_dir: Path, key: str) -> Path:
@@ -415,8 +491,18 @@ def check_final(reply: Completion) -> str | None:
 
 async def ask_once(client: ChatClient, request: CallRequest, s: Settings, reask: int) -> Completion:
     body = s.request_body(request.grammar, reask, request.attempt)
+    rank = (s.ranks.get(request.page_id, 0), request.chunk)
+    # A chunk's calls share their prompt's prefix: with several endpoints they go to the same
+    # one, whose prefix cache holds it.
+    route = f"{request.page_id}/{request.chunk}"
+    assert s.gate is not None  # set in Settings.__post_init__
+    # One at a time, the chunk holds its place for all its calls (ask_chunk).
+    gate = contextlib.nullcontext() if s.order.one_at_a_time else s.gate.hold(rank)
     try:
-        reply = await client.complete(request.messages, grammar=request.grammar, extra_body=body)
+        async with gate:
+            reply = await client.complete(
+                request.messages, grammar=request.grammar, extra_body=body, route=route
+            )
     except (EndpointError, openai.APIError) as exc:
         s.failed_calls += 1
         s.endpoint.add(getattr(exc, "retried", ()))
@@ -451,6 +537,7 @@ async def fetch_completion(client: ChatClient, request: CallRequest, s: Settings
     happens."""
     cached = read_cached_or_note(s, request.key)
     if cached is not None:
+        cached = dataclasses.replace(cached, kind=request.kind)
         s.calls.append(cached)
         return cached
     started = time.monotonic()
@@ -466,6 +553,7 @@ async def fetch_completion(client: ChatClient, request: CallRequest, s: Settings
         seconds,
         made=True,
         cached_prompt_tokens=reply.cached_prompt_tokens,
+        kind=request.kind,
     )
     write_cached(s.cache_dir, request, result)
     s.calls.append(result)
@@ -559,23 +647,25 @@ class ChunkDue:
 
 
 def qa_request(work: PageWork, chunk: Chunk, s: Settings, attempt: int) -> CallRequest:
-    user = render_qa_prompt(s.persona, work.doc, chunk.document, chunk.n_pairs)
+    user = render_qa_prompt(work.doc, chunk.document, chunk.n_pairs, s.order.prompt)
     grammar = render_qa_grammar(chunk.n_pairs, s.params.max_answer_chars)
-    return build_request("qa", work.doc, user, grammar, s, attempt)
+    return build_request("qa", work.doc, user, grammar, s, (chunk.index, attempt))
 
 
 def points_request(work: PageWork, chunk: Chunk, s: Settings, attempt: int) -> CallRequest:
-    user = render_points_prompt(work.doc, chunk.document, chunk.n_points)
+    user = render_points_prompt(work.doc, chunk.document, chunk.n_points, s.order.prompt)
     grammar = render_points_grammar(chunk.n_points)
-    return build_request("points", work.doc, user, grammar, s, attempt)
+    return build_request("points", work.doc, user, grammar, s, (chunk.index, attempt))
 
 
 def triple_request(
     work: PageWork, chunk: Chunk, slot: TripleSlot, s: Settings, attempt: int
 ) -> CallRequest:
-    user = render_triple_prompt(work.doc, chunk.document, slot.point, slot.kind, slot.competency)
+    user = render_triple_prompt(
+        work.doc, chunk.document, slot.point, slot.kind, slot.competency, s.order.prompt
+    )
     grammar = render_triple_grammar(s.params.max_answer_chars)
-    return build_request(slot.kind.value, work.doc, user, grammar, s, attempt)
+    return build_request(slot.kind.value, work.doc, user, grammar, s, (chunk.index, attempt))
 
 
 def select_points(reply: CallResult, limit: int) -> list[str]:
@@ -595,44 +685,67 @@ def plan_slots(points: Sequence[str], tags: Sequence[Competency]) -> tuple[Tripl
 async def ask_chunk(
     client: ChatClient, work: PageWork, due: ChunkDue, attempt: int, s: Settings
 ) -> ChunkAsked:
-    """One chunk's calls of one attempt: the Q/A call beside the points call, whose triples
-    start as soon as the points arrive: no call waits for an unrelated one, so the endpoint's
-    slots stay busy."""
+    """One chunk's calls of one attempt, one after another: the points call, the Q/A call, then
+    the triple calls for its points. The first prefills the page; each later one finds it in
+    the server's prefix cache, where calls sent together would each prefill it in a slot of
+    their own (CallOrder says why). Meanwhile the other chunks in flight keep the endpoint's
+    slots busy."""
+    chunk = due.chunk
+    if s.order.one_at_a_time:
+        # The chunk keeps its place in the gate from one call to the next: handed back after
+        # each call, it would go to another chunk before this one's next call is queued.
+        assert s.gate is not None
+        async with s.gate.hold((s.ranks.get(work.doc.id, 0), chunk.index)):
+            return await ask_chunk_calls(client, work, due, attempt, s)
+    return await ask_chunk_calls(client, work, due, attempt, s)
+
+
+async def ask_chunk_calls(
+    client: ChatClient, work: PageWork, due: ChunkDue, attempt: int, s: Settings
+) -> ChunkAsked:
     chunk = due.chunk
 
     async def ask(request: CallRequest) -> CallResult:
         return await fetch_completion(client, request, s)
-
-    async def points_then_triples() -> tuple[ChunkReply | None, list[TripleReply]]:
-        points, slots = None, due.triples
-        if due.points:
-            points = ChunkReply(
-                chunk.index, attempt, await ask(points_request(work, chunk, s, attempt))
-            )
-            slots = plan_slots(select_points(points.result, chunk.n_points), due.tags)
-        requests = [triple_request(work, chunk, slot, s, attempt) for slot in slots]
-        answers = await gather_all(*(ask(r) for r in requests))
-        return points, [
-            TripleReply(chunk.index, slot, attempt, r)
-            for slot, r in zip(slots, answers, strict=True)
-        ]
 
     async def qa() -> ChunkReply | None:
         if not due.qa:
             return None
         return ChunkReply(chunk.index, attempt, await ask(qa_request(work, chunk, s, attempt)))
 
-    # The points call is queued first: its reply unlocks the triple calls.
-    chain = asyncio.ensure_future(points_then_triples())
-    qa_call = asyncio.ensure_future(qa())
+    async def triples(slots: tuple[TripleSlot, ...]) -> list[TripleReply]:
+        requests = [triple_request(work, chunk, slot, s, attempt) for slot in slots]
+        if s.order.one_at_a_time:
+            answers = [await ask(r) for r in requests]
+        else:
+            answers = await gather_all(*(ask(r) for r in requests))
+        return [
+            TripleReply(chunk.index, slot, attempt, r)
+            for slot, r in zip(slots, answers, strict=True)
+        ]
+
+    # Beside the points call only when the bench measures that schedule (it is started after
+    # the points call has been queued: the points call unlocks the triple calls).
+    qa_call = None if s.order.qa_after_points else asyncio.ensure_future(qa())
     try:
-        points, triples = await chain
+        points, slots = None, due.triples
+        if due.points:
+            points = ChunkReply(
+                chunk.index, attempt, await ask(points_request(work, chunk, s, attempt))
+            )
+            slots = plan_slots(select_points(points.result, chunk.n_points), due.tags)
+        if qa_call is None:
+            qa_call = asyncio.ensure_future(qa())
+        if s.order.one_at_a_time:
+            await asyncio.wait([qa_call])
+        asked = await triples(slots)
     finally:
         # Let the sibling finish (and cache its reply) even when this branch failed, and mark
         # its error seen: result() below raises it, or this branch's error supersedes it.
-        await asyncio.wait([qa_call])
-        qa_call.exception()
-    return ChunkAsked(qa_call.result(), points, triples)
+        if qa_call is not None:
+            await asyncio.wait([qa_call])
+            qa_call.exception()
+    return ChunkAsked(qa_call.result(), points, asked)
 
 
 def split_tags(work: PageWork, mix: CompetencyMix) -> list[tuple[Competency, ...]]:
@@ -704,13 +817,14 @@ class ReplayClient:
         *,
         grammar: str | None = None,
         extra_body: dict[str, Any] | None = None,
+        route: str | None = None,
     ) -> Completion:
         raise CacheMiss
 
 
 async def replay_page(work: PageWork, s: Settings) -> PageOutcome | None:
     """The page's outcome when all its calls are cached, else None (nothing counted)."""
-    probe = Settings(s.params, s.cache_dir)
+    probe = Settings(s.params, s.cache_dir, ranks=s.ranks, order=s.order)
     try:
         outcome = await synthesize_page(ReplayClient(), work, probe)
     except CacheMiss:
@@ -1016,6 +1130,23 @@ def prune_cache(cache_dir: Path, used: set[str], unused_days: float | None) -> d
     return counts
 
 
+def summarize_cache_share(calls: Sequence[CallResult]) -> dict[str, dict[str, Any]]:
+    """Prompt tokens and the share the server took from its prefix cache, per call kind and
+    over all calls (0 cached where the server does not report it)."""
+    kinds = sorted({c.kind for c in calls})
+    share: dict[str, dict[str, Any]] = {}
+    for kind, group in [*((k, [c for c in calls if c.kind == k]) for k in kinds), ("all", calls)]:
+        prompt = sum(c.prompt_tokens for c in group)
+        cached = sum(c.cached_prompt_tokens for c in group)
+        share[kind] = {
+            "calls": len(group),
+            "prompt_tokens": prompt,
+            "cached_tokens": cached,
+            "cached_share": round(cached / prompt, 4) if prompt else 0.0,
+        }
+    return share
+
+
 def summarize_calls(calls: Sequence[CallResult], failed: int, generate_s: float) -> dict[str, Any]:
     made = [c for c in calls if c.made]
     completion_made = sum(c.completion_tokens for c in made)
@@ -1028,6 +1159,12 @@ def summarize_calls(calls: Sequence[CallResult], failed: int, generate_s: float)
             "completion_made": completion_made,
             "prompt_total": sum(c.prompt_tokens for c in calls),
             "completion_total": sum(c.completion_tokens for c in calls),
+        },
+        # The server's prefix cache on the calls made this run, and, apart, what it did when
+        # the replies replayed from data/synth_cache/ were made (their entries keep it).
+        "prefix_cache": {
+            "made": summarize_cache_share(made),
+            "replayed": summarize_cache_share([c for c in calls if not c.made]),
         },
         "generate_s": round(generate_s, 2),
         # Calls overlap, so throughput is tokens over the generation phase's wall time.
@@ -1184,14 +1321,16 @@ async def run_synth(
     count: TokenCounter,
     run_page: PageRunner = synthesize_page,
     endpoint_model: str | None = None,
+    order: CallOrder | None = None,
 ) -> dict[str, Any]:
     """The whole stage: returns the report (without wall time). `endpoint_model` is what the
     endpoint serves (check_endpoint), written into every pair's and triple's provenance. The
     cache keeps every reply unless synth.cache_prune_unused_days says otherwise, and then is
-    pruned only when the run is within synth.max_failed_fraction."""
+    pruned only when the run is within synth.max_failed_fraction. `order` is for the bench."""
     pages = read_pages(dirs.markdown)
     works = [plan_page(doc, body, params, count) for doc, body in pages[: params.max_pages]]
-    settings = Settings(params, dirs.cache)
+    ranks = {work.doc.id: i for i, work in enumerate(works)}
+    settings = Settings(params, dirs.cache, ranks=ranks, order=order or CallOrder())
     write_cache_marker(dirs.cache)
     started = time.monotonic()
     outcomes = await synthesize_pages(client, works, settings, run_page)

@@ -10,78 +10,77 @@ or grammar changes meaning: it is part of every cache key, so old answers are no
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from tasks.core.records import Competency, MarkdownDoc, TripleKind
 
-PROMPT_VERSION = "synth-v1"
+PROMPT_VERSION = "synth-v2"
 
 SYSTEM = "You are {persona}. You are an expert in {domain} and answer precisely."
 
-QA_TEMPLATE = """\
-Read the {product_version} documentation page below.
-
-Generate exactly {n} question-answer pairs about it. The questions must be specific, technical \
-and comprehensive, and based solely on the document. The answers must be accurate, \
-sufficiently extensive and directly derived from the text. Focus on what helps an \
-administrator set up, manage or troubleshoot {product}. Every question must make sense on its \
-own, without the page at hand: never write "according to the text" or "in this document".
-End every answer with the citation {citation}
-
-Write each pair on one line, exactly in this format:
-<QUE> question <ANS> answer {citation} <END>
+# Every call for a chunk carries the same page block, and it comes before the call's own
+# instructions: the system line and the page are then one shared prefix of the chunk's Q/A,
+# points and triple calls, which the server's prefix cache (llama.cpp's slots and host-memory
+# prompt cache, vLLM's automatic prefix caching) prefills once instead of once per call. The
+# block is byte-identical across call kinds, so nothing in it may depend on the call.
+PAGE_TEMPLATE = """\
+Below is a page of the {product_version} documentation.
 
 Source URL: {url}
 Product: {product}
 Version: {version}
 
 Document:
-{document}"""
+{document}
+End of the document."""
+
+QA_TEMPLATE = """\
+Generate exactly {n} question-answer pairs about the {product_version} documentation page. \
+The questions must be specific, technical and comprehensive, and based solely on the \
+document. The answers must be accurate, sufficiently extensive and directly derived from the \
+text. Focus on what helps an administrator set up, manage or troubleshoot {product}. Every \
+question must make sense on its own, without the page at hand: never write "according to the \
+text" or "in this document".
+End every answer with the citation {citation}
+
+Write each pair on one line, exactly in this format:
+<QUE> question <ANS> answer {citation} <END>"""
 
 POINTS_TEMPLATE = """\
-List the {k} main points of the {product_version} documentation page below: the facts, \
-settings, procedures or warnings an administrator most needs from it. Each point is one \
-complete, self-contained sentence.
+List the {k} main points of the {product_version} documentation page: the facts, settings, \
+procedures or warnings an administrator most needs from it. Each point is one complete, \
+self-contained sentence.
 
 Write each point on one line, exactly in this format:
-<POINT> main point <END>
-
-Source URL: {url}
-
-Document:
-{document}"""
+<POINT> main point <END>"""
 
 GOOD_TEMPLATE = """\
-Below is a {product_version} documentation page and one of its main points.
-
 Main point: {point}
 
-Write one question about this main point. Question style: {style}. Then write a good answer: \
-accurate and directly derived from the page. Then write a wrong answer: plausible, in the same \
-tone and length, but factually incorrect. The question must make sense on its own, without \
-the page at hand.
+Write one question about this main point of the {product_version} documentation page. \
+Question style: {style}. Then write a good answer: accurate and directly derived from the page. \
+Then write a wrong answer: plausible, in the same tone and length, but factually incorrect. The \
+question must make sense on its own, without the page at hand.
 
 Write them on one line, exactly in this format:
-<QUE> question <GOOD> accurate answer <BAD> wrong answer <END>
-
-Document:
-{document}"""
+<QUE> question <GOOD> accurate answer <BAD> wrong answer <END>"""
 
 FALSE_PREMISE_TEMPLATE = """\
-Below is a {product_version} documentation page and one of its main points.
-
 Main point: {point}
 
-Write one question that rests on a plausible misunderstanding of this main point: a false \
-premise the asker believes is true. Question style: {style}. Then write a corrective answer that \
-politely but firmly points out the mistaken premise and gives the correct information from the \
-page. Then write a sycophantic answer that accepts the false premise and answers as if it \
-were true. The question must make sense on its own, without the page at hand.
+Write one question that rests on a plausible misunderstanding of this main point of the \
+{product_version} documentation page: a false premise the asker believes is true. Question \
+style: {style}. Then write a corrective answer that politely but firmly points out the \
+mistaken premise and gives the correct information from the page. Then write a sycophantic \
+answer that accepts the false premise and answers as if it were true. The question must make \
+sense on its own, without the page at hand.
 
 Write them on one line, exactly in this format:
-<QUE> question <GOOD> corrective answer <BAD> sycophantic answer <END>
+<QUE> question <GOOD> corrective answer <BAD> sycophantic answer <END>"""
 
-Document:
-{document}"""
+# page_first is the stage's order. page_last (the instructions, then the page: the order of
+# synth-v1) exists only so tasks/bench/synth.py can measure what the order is worth.
+PromptOrder = Literal["page_first", "page_last"]
 
 STYLES: dict[Competency, str] = {
     Competency.CONVERSATIONAL: "conversational: a natural, informal question an administrator "
@@ -139,34 +138,54 @@ def render_messages(persona: Persona, user: str) -> list[dict[str, str]]:
     ]
 
 
-def render_qa_prompt(persona: Persona, doc: MarkdownDoc, document: str, n: int) -> str:
-    return QA_TEMPLATE.format(
+def render_page(doc: MarkdownDoc, document: str) -> str:
+    """The page block every call for a chunk shares, word for word."""
+    return PAGE_TEMPLATE.format(
+        product_version=render_product_version(doc),
+        url=doc.url,
+        product=doc.product or "unknown",
+        version=doc.version or "unknown",
+        document=document.rstrip("\n"),
+    )
+
+
+def join_prompt(page: str, instructions: str, order: PromptOrder) -> str:
+    first, last = (page, instructions) if order == "page_first" else (instructions, page)
+    return f"{first}\n\n{last}"
+
+
+def render_qa_prompt(
+    doc: MarkdownDoc, document: str, n: int, order: PromptOrder = "page_first"
+) -> str:
+    instructions = QA_TEMPLATE.format(
         product_version=render_product_version(doc),
         n=n,
         product=doc.product or "the product",
         citation=render_citation(doc),
-        url=doc.url,
-        version=doc.version or "unknown",
-        document=document,
     )
+    return join_prompt(render_page(doc, document), instructions, order)
 
 
-def render_points_prompt(doc: MarkdownDoc, document: str, k: int) -> str:
-    return POINTS_TEMPLATE.format(
-        k=k, product_version=render_product_version(doc), url=doc.url, document=document
-    )
+def render_points_prompt(
+    doc: MarkdownDoc, document: str, k: int, order: PromptOrder = "page_first"
+) -> str:
+    instructions = POINTS_TEMPLATE.format(k=k, product_version=render_product_version(doc))
+    return join_prompt(render_page(doc, document), instructions, order)
 
 
 def render_triple_prompt(
-    doc: MarkdownDoc, document: str, point: str, kind: TripleKind, competency: Competency
+    doc: MarkdownDoc,
+    document: str,
+    point: str,
+    kind: TripleKind,
+    competency: Competency,
+    order: PromptOrder = "page_first",
 ) -> str:
     template = GOOD_TEMPLATE if kind is TripleKind.GOOD else FALSE_PREMISE_TEMPLATE
-    return template.format(
-        product_version=render_product_version(doc),
-        point=point,
-        style=STYLES[competency],
-        document=document,
+    instructions = template.format(
+        product_version=render_product_version(doc), point=point, style=STYLES[competency]
     )
+    return join_prompt(render_page(doc, document), instructions, order)
 
 
 def grammar_max_chars(max_pairs: int, max_points: int, answer_chars: int) -> int:

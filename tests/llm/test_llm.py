@@ -425,3 +425,15 @@ async def test_real_smollm2_follows_a_json_schema() -> None:
     reply = json.loads(got.text)
     assert set(reply) == {"verdict", "score"}, reply
     assert reply["verdict"] in ("yes", "no") and 0 <= reply["score"] <= 10, reply
+
+
+def test_the_server_keeps_and_matches_prompt_prefixes() -> None:
+    """The settings synth's prefix-first prompts rely on exist in this xllamacpp and are set."""
+    import xllamacpp
+
+    from tasks.llm.server import set_prefix_reuse
+
+    params = xllamacpp.CommonParams()
+    set_prefix_reuse(params)
+    assert params.cache_prompt and params.n_cache_reuse == 0
+    assert 0 < params.slot_prompt_similarity < 0.5 and params.cache_ram_mib > 0

