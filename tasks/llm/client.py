@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Protocol, Self, TypeVar, cast
 
 import openai
 
@@ -293,7 +293,25 @@ def render_final_error(where: str, fault: Fault, attempts: int, retries: int) ->
     return f"{where}: {fault.what} after {tried}{fault.detail}"
 
 
-class OpenAIChatClient:
+class ClosesOnExit:
+    """`async with` closes the object through its `aclose`."""
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class OpenAIChatClient(ClosesOnExit):
     """ChatClient over openai.AsyncOpenAI with sampling, retries and concurrency from params.
     Retries are logged to `logger` (the flow passes its Prefect run logger, so they show in the
     run's log and the UI)."""
@@ -431,17 +449,6 @@ class OpenAIChatClient:
     async def aclose(self) -> None:
         await self.sdk.close()
 
-    async def __aenter__(self) -> OpenAIChatClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
 
 def build_client(
     params: EndpointParams, structured: str = "none", logger: Logger | None = None
@@ -470,7 +477,7 @@ async def check_endpoint(client: OpenAIChatClient) -> str | None:
     return served
 
 
-class EndpointPool:
+class EndpointPool(ClosesOnExit):
     """Several endpoints serving the same model, as one ChatClient; with one URL it behaves
     as that endpoint's client alone.
 
@@ -557,17 +564,6 @@ class EndpointPool:
     async def aclose(self) -> None:
         for client in self.clients:
             await client.aclose()
-
-    async def __aenter__(self) -> EndpointPool:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 def rank_endpoint(route: str, base_url: str) -> bytes:
