@@ -98,6 +98,10 @@ def cpt_flow(paths: PathsParams, params: CptParams, phase: str) -> dict[str, Any
     settings = params.phase(phase)
     steps = plan_steps(params, settings, read_phase_meta(paths.cpt / phase).rows)
     spec = render_run_spec(params, settings, steps, paths.cpt)
+    if params.rank_of_node > 0:
+        # Not node 0: only this node's ranks, on the run spec node 0 wrote (node 0 starts
+        # first); node 0 writes the model and the report.
+        return train(spec, params)
     texts = read_eval_texts(paths.eval)  # missing inputs fail before training
     checkpoints = prepare(spec)
     result = train(spec, params)

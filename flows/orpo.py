@@ -73,6 +73,11 @@ def orpo_flow(
     model = check_model_folder(params.model or sft_model, "orpo.model", "sft")
     datasets = read_dataset_names(paths.orpo, [DOMAIN_PREF])
     layout = StageLayout(params.output, params.checkpoints)
+    if params.rank_of_node > 0:
+        # Not node 0: only this node's share of the training, on the train.yaml node 0 wrote
+        # (node 0 starts first); node 0 exports the model and writes the report.
+        train_model(layout, params.processes_per_node, "orpo", nodes=params)
+        return {"node_rank": params.rank_of_node}
     reason = check_set_size(paths.orpo, DOMAIN_PREF, min_examples)
     if reason is not None:
         write_loss_curves(paths.reports, "orpo", [])
@@ -96,7 +101,7 @@ def orpo_flow(
     config = prepare_run(
         layout, config, params.deepspeed, params.processes_per_node, [model, paths.orpo], comment
     )
-    history = train_model(layout, params.processes_per_node, "orpo")
+    history = train_model(layout, params.processes_per_node, "orpo", nodes=params)
     export_model(layout, config, params.export)
 
     margins = extract_curve(history, MARGINS)

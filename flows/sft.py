@@ -69,6 +69,11 @@ def sft_flow(
     model = check_model_folder(params.model or cpt_model, "sft.model", "cpt")
     datasets = read_dataset_names(paths.sft, [DOMAIN_SFT], optional=[GENERAL_SFT])
     layout = StageLayout(params.output, params.checkpoints)
+    if params.rank_of_node > 0:
+        # Not node 0: only this node's share of the training, on the train.yaml node 0 wrote
+        # (node 0 starts first); node 0 exports the model and writes the report.
+        train_model(layout, params.processes_per_node, "sft", hub=hub, nodes=params)
+        return {"node_rank": params.rank_of_node}
     reason = check_set_size(paths.sft, DOMAIN_SFT, min_examples)
     if reason is not None:
         write_loss_curves(paths.reports, "sft", [])
@@ -92,7 +97,7 @@ def sft_flow(
     config = prepare_run(
         layout, config, params.deepspeed, params.processes_per_node, [model, paths.sft], comment
     )
-    history = train_model(layout, params.processes_per_node, "sft", hub=hub)
+    history = train_model(layout, params.processes_per_node, "sft", hub=hub, nodes=params)
     export_model(layout, config, params.export)
 
     write_loss_curves(paths.reports, "sft", history)

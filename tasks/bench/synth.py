@@ -21,7 +21,13 @@ server took from its prefix cache (overall and per call kind), wall time, and wh
 kept, so the order is seen not to cost quality. The machine's load average before and after
 says how much other work shared the cores.
 
-    python -m tasks.bench.synth [--measure prompt_order throughput] [--max-pages 3]
+The endpoints section runs the stage over the same pages against fake endpoints that answer
+every call well after a fixed delay (tasks/bench/fake_endpoint.py, so the machine's CPU does not
+blur what is measured): one endpoint, two endpoints (goal: >= 1.8x the calls per second of one),
+and two endpoints of which one is killed part-way through the run (goal: every page written).
+Each side starts from an empty cache and fresh endpoints.
+
+    python -m tasks.bench.synth [--measure endpoints prompt_order throughput] [--max-pages 3]
 
 Sections not measured in a run are kept from the --out file.
 """
@@ -33,19 +39,29 @@ import asyncio
 import json
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import openai
 
+from tasks.bench.fake_endpoint import start_fake_endpoint
 from tasks.core.io import write_json_atomic
 from tasks.core.params import SynthParams, load_params
 from tasks.core.procs import free_port
 from tasks.core.tokens import find_smollm2_gguf
-from tasks.llm.client import ChatClient, Completion, OpenAIChatClient, grammar_body
+from tasks.llm.client import (
+    ChatClient,
+    Completion,
+    OpenAIChatClient,
+    build_pool,
+    check_pool,
+    grammar_body,
+)
 from tasks.llm.server import start_llama_server
 from tasks.synth.generate import CallOrder, SynthDirs, read_token_counter, run_synth
 
@@ -276,6 +292,118 @@ def run_benchmark(params: SynthParams, md_dir: Path, save: Save) -> dict[str, An
     }
 
 
+# A GPU server's time per request, fixed; each endpoint takes `concurrency` calls at once.
+ENDPOINT_DELAY_S = 0.5
+ENDPOINT_CONCURRENCY = 4
+# The killed endpoint goes down this far into the time the run takes with both alive.
+KILL_AT_SHARE = 0.4
+
+
+@dataclass
+class EndpointsRun:
+    """What one side of the endpoints section did."""
+
+    report: dict[str, Any]
+    wall_s: float
+    removed: dict[str, str]
+    killed_at_s: float | None = None
+
+
+async def run_stage_on_pool(params: SynthParams, md_dir: Path, work: Path) -> EndpointsRun:
+    """The stage as flows.synth runs it (build_pool, check_pool, run_synth), empty cache."""
+    count = read_token_counter(params.tokenizer, Path(".cache/tokenizers"))
+    dirs = SynthDirs(md_dir, work / "qa", work / "pref", work / "cache")
+    started = time.perf_counter()
+    async with build_pool(params.endpoint, params.structured) as pool:
+        served = await check_pool(pool)
+        report = await run_synth(pool, dirs, params, count, endpoint_model=served)
+    return EndpointsRun(report, time.perf_counter() - started, dict(pool.removed))
+
+
+def run_on_endpoints(
+    params: SynthParams, md_dir: Path, work: Path, n: int, kill_at_s: float | None = None
+) -> EndpointsRun:
+    """A stage run against `n` freshly started fake endpoints; with `kill_at_s` the last one
+    is killed (SIGKILL) that many seconds into the run."""
+    with ExitStack() as stack:
+        started = [
+            stack.enter_context(start_fake_endpoint(params.endpoint.model, ENDPOINT_DELAY_S))
+            for _ in range(n)
+        ]
+        endpoint = params.endpoint.model_copy(
+            update={"base_url": [url for url, _ in started], "concurrency": ENDPOINT_CONCURRENCY}
+        )
+        served = params.model_copy(update={"endpoint": endpoint})
+        timer = None
+        if kill_at_s is not None:
+            timer = threading.Timer(kill_at_s, started[-1][1].kill)
+            timer.start()
+        try:
+            run = asyncio.run(run_stage_on_pool(served, md_dir, work))
+        finally:
+            if timer is not None:
+                timer.cancel()
+        run.killed_at_s = kill_at_s
+        return run
+
+
+def summarize_endpoints_run(run: EndpointsRun, pages: int) -> dict[str, Any]:
+    report = run.report
+    calls = report["calls"]["made"]
+    side = {
+        "pages": report["pages"],
+        "pages_failed": report["pages_failed"],
+        "every_page": report["pages"] == pages and report["pages_failed"] == 0,
+        "calls": calls,
+        "pairs": report["pairs"],
+        "triples": report["triples"],
+        "wall_s": round(run.wall_s, 2),
+        "generate_s": report["generate_s"],
+        "calls_per_s": round(calls / report["generate_s"], 3) if report["generate_s"] else 0.0,
+        "retries_by_cause": report["endpoint"]["retries_by_cause"],
+        "endpoints_removed": len(run.removed),
+    }
+    if run.killed_at_s is not None:
+        side["killed_at_s"] = round(run.killed_at_s, 2)
+    return side
+
+
+def measure_endpoints(params: SynthParams, md_dir: Path, save: Save) -> dict[str, Any]:
+    """One endpoint, two, and two with one killed mid-run; `save` gets the section after
+    every side."""
+    pages = min(params.max_pages or len(read_page_files(md_dir)), len(read_page_files(md_dir)))
+    sides: dict[str, Any] = {}
+    section: dict[str, Any] = {
+        "pages": pages,
+        "endpoint": "tasks/bench/fake_endpoint.py, a separate process per endpoint",
+        "delay_s_per_request": ENDPOINT_DELAY_S,
+        "concurrency_per_endpoint": ENDPOINT_CONCURRENCY,
+        "retries": params.endpoint.retries,
+        "max_failures": params.endpoint.max_failures,
+        "cores": os.cpu_count(),
+        "sides": sides,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        runs: dict[str, EndpointsRun] = {}
+        for name, n in (("one", 1), ("two", 2)):
+            runs[name] = run_on_endpoints(params, md_dir, Path(tmp) / name, n)
+            sides[name] = summarize_endpoints_run(runs[name], pages)
+            save(section)
+        kill_at = KILL_AT_SHARE * runs["two"].report["generate_s"]
+        killed = run_on_endpoints(params, md_dir, Path(tmp) / "killed", 2, kill_at)
+        sides["two_one_killed"] = summarize_endpoints_run(killed, pages)
+    one, two = sides["one"]["calls_per_s"], sides["two"]["calls_per_s"]
+    section["throughput_ratio"] = round(two / one, 3) if one else 0.0
+    section["killed_run_same_outputs"] = all(
+        sides["two_one_killed"][k] == sides["two"][k] for k in ("calls", "pairs", "triples")
+    )
+    return section
+
+
+def read_page_files(md_dir: Path) -> list[Path]:
+    return sorted(md_dir.glob("*.md"))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--markdown", type=Path, default=Path("data/markdown"))
@@ -296,7 +424,11 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(result, indent=2))
 
 
-SECTIONS = {"prompt_order": measure_prompt_orders, "throughput": run_benchmark}
+SECTIONS = {
+    "endpoints": measure_endpoints,
+    "prompt_order": measure_prompt_orders,
+    "throughput": run_benchmark,
+}
 
 
 def read_sections(path: Path) -> dict[str, Any]:

@@ -312,8 +312,8 @@ class EndpointParams(Strict):
 
     base_url: str | list[str] = Field(
         "http://127.0.0.1:8766/v1",
-        description="one URL, or (synth only) a list of URLs serving the same model: calls "
-        "are spread across them, each with its own `concurrency`",
+        description="one URL, or (synth.endpoint and eval.judge) a list of URLs serving the "
+        "same model: calls are spread across them, each with its own `concurrency`",
     )
     model: str = Field("SmolLM2-135M-Instruct", min_length=1)
     api_key_env: EnvVarName | None = Field(
@@ -703,7 +703,52 @@ def _phases_by_name(raw: Any) -> Any:
     return raw
 
 
-class CptParams(Strict):
+class NodesParams(Strict):
+    """Where a training stage's processes run: one machine by default; with `nodes` > 1, the
+    same launcher on every node, meeting at node 0 (`master_addr:master_port`)."""
+
+    nodes: int = Field(1, ge=1, le=4096)
+    node_rank: int | None = Field(
+        None,
+        ge=0,
+        description="this machine's place among the nodes, 0 = the one at master_addr; every "
+        "node runs the stage with its own. null: 0 on one node; with cpt's deepspeed "
+        "launcher, node 0 starts every node itself over ssh (the hostfile)",
+    )
+    master_addr: str | None = Field(
+        None,
+        min_length=1,
+        description="node 0's address, reachable from every node; null = 127.0.0.1 (one node)",
+    )
+    master_port: int | None = Field(
+        None, ge=1024, le=65535, description="null = a free port (single node only)"
+    )
+
+    @model_validator(mode="after")
+    def _node_layout(self) -> NodesParams:
+        if self.node_rank is not None and self.node_rank >= self.nodes:
+            raise ValueError(
+                f"node_rank ({self.node_rank}) must be below nodes ({self.nodes}): the nodes "
+                "are numbered from 0"
+            )
+        if self.nodes > 1 and self.master_addr is None:
+            raise ValueError(
+                "nodes > 1 needs master_addr: node 0's address, which every node reaches"
+            )
+        if self.nodes > 1 and self.master_port is None:
+            raise ValueError("nodes > 1 needs a fixed master_port")
+        return self
+
+    @property
+    def rank_of_node(self) -> int:
+        return self.node_rank or 0
+
+    @property
+    def rendezvous_addr(self) -> str:
+        return self.master_addr or "127.0.0.1"
+
+
+class CptParams(NodesParams):
     phases: list[PhaseParams] = Field(
         default_factory=lambda: [PhaseParams(name="short", seq_len=512)], min_length=1
     )
@@ -715,12 +760,10 @@ class CptParams(Strict):
     )
     launcher: Literal["deepspeed", "torchrun"] = "deepspeed"
     processes_per_node: int = Field(1, ge=1, le=1024)
-    nodes: int = Field(1, ge=1)
     hostfile: Path | None = Field(
-        None, description="DeepSpeed hostfile (`host slots=N` lines) for nodes > 1"
-    )
-    master_port: int | None = Field(
-        None, ge=1024, le=65535, description="null = a free port (single node only)"
+        None,
+        description="DeepSpeed hostfile (`host slots=N` lines, node 0 first) for nodes > 1 "
+        "with launcher deepspeed",
     )
     threads_per_process: int | None = Field(
         None, ge=1, description="CPU threads (OMP_NUM_THREADS); null = cores / processes"
@@ -804,12 +847,13 @@ class CptParams(Strict):
 
     @model_validator(mode="after")
     def _launch_layout(self) -> CptParams:
-        if self.nodes > 1 and self.hostfile is None:
-            raise ValueError("nodes > 1 needs a hostfile")
-        if self.nodes > 1 and self.launcher != "deepspeed":
-            raise ValueError("multi-node runs use launcher: deepspeed (with a hostfile)")
-        if self.nodes > 1 and self.master_port is None:
-            raise ValueError("nodes > 1 needs a fixed master_port")
+        if self.nodes > 1 and self.launcher == "deepspeed" and self.hostfile is None:
+            raise ValueError("nodes > 1 with launcher deepspeed needs a hostfile")
+        if self.nodes > 1 and self.launcher == "torchrun" and self.node_rank is None:
+            raise ValueError(
+                "nodes > 1 with launcher torchrun needs node_rank: every node runs the stage "
+                "with its own (deepspeed can start them all from node 0 over ssh instead)"
+            )
         world = self.nodes * self.processes_per_node
         if world % self.sequence_parallel:
             raise ValueError(
@@ -1020,7 +1064,7 @@ def _check_validation_keys(train: dict[str, Any]) -> None:
         )
 
 
-class FineTuneParams(Strict):
+class FineTuneParams(NodesParams):
     """A LlamaFactory stage. `train` and `export` are LlamaFactory's own YAML keys, passed
     through as they are (no second schema); only the keys the flow sets, and those its
     validation split reads, are checked here; LlamaFactory rejects unknown ones within seconds
@@ -1036,7 +1080,10 @@ class FineTuneParams(Strict):
         "a killed run resumes"
     )
     processes_per_node: int = Field(
-        1, ge=1, le=1024, description="> 1 (or a deepspeed config) launches through torchrun"
+        1,
+        ge=1,
+        le=1024,
+        description="> 1 (or a deepspeed config, or nodes > 1) launches through torchrun",
     )
     deepspeed: dict[str, Any] | None = Field(
         None, description="DeepSpeed's JSON, key for key; written beside train.yaml"
@@ -1065,6 +1112,14 @@ class FineTuneParams(Strict):
     def _export_keys(cls, export: dict[str, Any]) -> dict[str, Any]:
         _reject_flow_keys(export, LLAMAFACTORY_EXPORT_FLOW_KEYS, cls.section)
         return export
+
+    @model_validator(mode="after")
+    def _every_node_ranked(self) -> FineTuneParams:
+        if self.nodes > 1 and self.node_rank is None:
+            raise ValueError(
+                "nodes > 1 needs node_rank: every node runs the stage with its own (torchrun)"
+            )
+        return self
 
     @property
     def finetuning_type(self) -> str:
@@ -1189,11 +1244,12 @@ class EvalParams(Strict):
 
     @model_validator(mode="after")
     def _one_url_each(self) -> EvalParams:
-        named = {"judge": self.judge, **{f"endpoints.{k}": v for k, v in self.endpoints.items()}}
-        for key, endpoint in named.items():
-            if endpoint is not None and len(endpoint.urls) > 1:
+        # Each of these serves one model folder; the judge, like synth, may take a list.
+        for key, endpoint in self.endpoints.items():
+            if len(endpoint.urls) > 1:
                 raise ValueError(
-                    f"{key}.base_url: one URL here; a list of endpoints is for synth.endpoint"
+                    f"endpoints.{key}.base_url: one URL here; a list of endpoints is for "
+                    "synth.endpoint and judge"
                 )
         return self
 

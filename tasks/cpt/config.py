@@ -167,14 +167,18 @@ def render_fingerprint(spec: RunSpec, inputs: Mapping[str, str]) -> dict[str, An
 def render_launch_command(
     params: CptParams, spec_path: Path, port: int, python: str = sys.executable
 ) -> list[str]:
+    """The launcher's command line on this node. torchrun: every node runs it with its own
+    --node_rank. deepspeed: on one node, or with node_rank null node 0 alone, which starts the
+    hostfile's other nodes over ssh; with a node_rank, every node runs it (--no_ssh)."""
     if params.launcher == "torchrun":
         return [
             python,
             "-m",
             "torch.distributed.run",
             f"--nproc_per_node={params.processes_per_node}",
-            "--nnodes=1",
-            "--master_addr=127.0.0.1",
+            f"--nnodes={params.nodes}",
+            f"--node_rank={params.rank_of_node}",
+            f"--master_addr={params.rendezvous_addr}",
             f"--master_port={port}",
             "-m",
             TRAINER_MODULE,
@@ -190,6 +194,11 @@ def render_launch_command(
     ]
     if params.hostfile is not None:
         command += [f"--hostfile={params.hostfile}"]
+    if params.nodes > 1:
+        # Given, so DeepSpeed does not ssh to the first host to ask for its address.
+        command += [f"--master_addr={params.rendezvous_addr}"]
+        if params.node_rank is not None:
+            command += ["--no_ssh", f"--node_rank={params.node_rank}"]
     return [*command, "--module", TRAINER_MODULE, str(spec_path)]
 
 

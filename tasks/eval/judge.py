@@ -29,7 +29,7 @@ from pydantic import BaseModel, ValidationError
 
 from tasks.core.env import QUIET_ENV
 from tasks.core.io import write_json_atomic
-from tasks.llm.client import EndpointError, Logger, OpenAIChatClient
+from tasks.llm.client import EndpointError, EndpointPool, Logger, OpenAIChatClient
 
 # DeepEval reads its settings from the environment when imported and whenever the environment
 # changes, and picks its telemetry backend once. Flows set this for every stage before anything
@@ -136,14 +136,15 @@ def bound_schema(schema: Any, max_items: int | None, max_chars: int | None) -> A
 
 
 class Judge(DeepEvalBaseLLM):
-    """A DeepEval judge model over `client`: its model, sampling and structured mode decide
+    """A DeepEval judge model over `client` (one endpoint, or a pool of them that spreads the
+    calls and takes out one that keeps failing): its model, sampling and structured mode decide
     every reply; replies are cached under `cache_dir`; counters are in `stats`. Metrics must
     run with async_mode=True and be awaited (`await metric.a_measure(...)`) on the event loop
     the client belongs to."""
 
     def __init__(
         self,
-        client: OpenAIChatClient,
+        client: OpenAIChatClient | EndpointPool,
         cache_dir: Path,
         *,
         max_parse_attempts: int = 3,
@@ -165,7 +166,7 @@ class Judge(DeepEvalBaseLLM):
         self._runner: asyncio.Runner | None = None
         super().__init__(client.params.model)
 
-    def load_model(self) -> OpenAIChatClient:  # type: ignore[override]
+    def load_model(self) -> OpenAIChatClient | EndpointPool:  # type: ignore[override]
         return self.client
 
     def get_model_name(self) -> str:

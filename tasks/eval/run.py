@@ -121,13 +121,15 @@ async def judge_answer_sets(
 ) -> tuple[dict[str, Judged], dict[str, Any]]:
     from tasks.eval.judge import Judge
     from tasks.eval.judging import judge_cases
-    from tasks.llm.client import EndpointError, build_client, check_endpoint
+    from tasks.llm.client import EndpointError, build_pool, check_pool
 
     assert params.judge is not None
     started = time.monotonic()
-    async with build_client(params.judge, structured=params.structured) as client:
+    # With several URLs the calls are spread across them and one that is down (here or later)
+    # is taken out of rotation; with one, the pool is that endpoint's client.
+    async with build_pool(params.judge, structured=params.structured) as client:
         try:
-            await check_endpoint(client)
+            await check_pool(client)
         except EndpointError as exc:
             # A rerun whose verdicts are all cached needs no server; any call that does
             # fails with the same URL and cause.
@@ -155,6 +157,7 @@ async def judge_answer_sets(
         "enabled": True,
         "model": params.judge.model,
         "base_url": params.judge.base_url,
+        "endpoints_removed": dict(client.removed),
         "structured": params.structured,
         **vars(judge.stats),
         "wall_s": round(time.monotonic() - started, 2),

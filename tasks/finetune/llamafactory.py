@@ -37,6 +37,7 @@ from tasks.core.io import (
     write_json_atomic,
     write_text_atomic,
 )
+from tasks.core.params import NodesParams
 from tasks.core.procs import stream_process
 
 # The stages' quiet settings (no telemetry), and lines reach the Prefect log as they are printed.
@@ -290,16 +291,34 @@ def llamafactory_cli() -> str:
 
 
 def build_env(
-    base: Mapping[str, str], processes: int, distributed: bool, hub: bool = False
+    base: Mapping[str, str],
+    processes: int,
+    distributed: bool,
+    hub: bool = False,
+    nodes: NodesParams | None = None,
 ) -> dict[str, str]:
     """The run's environment: quiet, unbuffered, the hub on only when `hub` (a hub dataset to
     download; the user's own HF_*_OFFLINE wins), and torchrun (which the LlamaFactory
-    launcher finds on PATH) for DeepSpeed or several processes."""
+    launcher finds on PATH) for DeepSpeed, several processes or several nodes."""
     env = {**hub_env(hub, base), **RUN_ENV}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), base.get("PATH", "")])
-    if distributed or processes > 1:
-        env["FORCE_TORCHRUN"] = "1"
-        env["NPROC_PER_NODE"] = str(processes)
+    if distributed or processes > 1 or (nodes is not None and nodes.nodes > 1):
+        env.update(render_torchrun_env(nodes or NodesParams(), processes))
+    return env
+
+
+def render_torchrun_env(nodes: NodesParams, processes: int) -> dict[str, str]:
+    """What LlamaFactory's launcher turns into `torchrun --nnodes --node_rank --nproc_per_node
+    --master_addr --master_port`; on one node without a fixed port it picks a free one."""
+    env = {
+        "FORCE_TORCHRUN": "1",
+        "NPROC_PER_NODE": str(processes),
+        "NNODES": str(nodes.nodes),
+        "NODE_RANK": str(nodes.rank_of_node),
+        "MASTER_ADDR": nodes.rendezvous_addr,
+    }
+    if nodes.master_port is not None:
+        env["MASTER_PORT"] = str(nodes.master_port)
     return env
 
 
@@ -456,12 +475,17 @@ def prepare_run(
 
 @task(name="llamafactory-train", cache_policy=NO_CACHE)
 def train_model(
-    layout: StageLayout, processes: int, what: str, hub: bool = False
+    layout: StageLayout,
+    processes: int,
+    what: str,
+    hub: bool = False,
+    nodes: NodesParams | None = None,
 ) -> list[dict[str, Any]]:
     """`llamafactory-cli train train.yaml`, streamed into the run log; returns the log history
-    after checking every logged loss is finite."""
+    after checking every logged loss is finite. With several `nodes`, each runs this with its
+    own node_rank."""
     logger = get_run_logger()
-    env = build_env(os.environ, processes, layout.deepspeed_json.is_file(), hub)
+    env = build_env(os.environ, processes, layout.deepspeed_json.is_file(), hub, nodes)
     argv = [llamafactory_cli(), "train", str(layout.train_yaml)]
     run_streamed(argv, env, logger.info, what=f"{what} (llamafactory-cli train)")
     history = read_log_history(layout.checkpoints)

@@ -507,6 +507,15 @@ class EndpointPool(ClosesOnExit):
     def base_urls(self) -> list[str]:
         return [c.base_url for c in self.clients]
 
+    @property
+    def params(self) -> EndpointParams:
+        """The endpoints' params (build_pool gives every client the same, but its URL)."""
+        return self.clients[0].params
+
+    @property
+    def structured(self) -> str:
+        return self.clients[0].structured
+
     def list_live(self) -> list[OpenAIChatClient]:
         return [c for c in self.clients if c.base_url not in self.removed]
 

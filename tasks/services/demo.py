@@ -2,11 +2,11 @@
 
 Starts what params point at on this machine — the default docs site (the PostgreSQL 15 manual
 unpacked by `make site`) on the port of `crawl.start_urls`, and llama.cpp serving SmolLM2 on the
-port of each URL of `synth.endpoint.base_url` (and of `eval.judge.base_url` when that differs) —
-plus one Prefect server for every stage (instead of a slow ephemeral one per stage), runs
-`dvc repro`, and stops them all. Params that point elsewhere (your own site, a vLLM endpoint)
-start nothing for that part, and an exported `PREFECT_API_URL` (a team's server) is used instead
-of a local one.
+port of each URL of `synth.endpoint.base_url` (and of each URL of `eval.judge.base_url` that is
+not one of them) — plus one Prefect server for every stage (instead of a slow ephemeral one per
+stage), runs `dvc repro`, and stops them all. Params that point elsewhere (your own site, a vLLM
+endpoint) start nothing for that part, and an exported `PREFECT_API_URL` (a team's server) is
+used instead of a local one.
 """
 
 from __future__ import annotations
@@ -69,12 +69,13 @@ def main(argv: list[str]) -> int:
         for i, synth_port in enumerate(synth_ports):
             log = llm_log if i == 0 else llm_log.with_name(f"llama-server-{i}.log")
             start_local_llm(stack, synth, log, synth_port, synth.endpoint.model)
-        # The eval judge: the same server when it points there, else one of its own.
+        # The eval judge's URLs: the same server where one points there, else one of its own.
         judge = params.eval.judge
-        judge_port = local_port(judge.url) if judge else None
-        if judge and judge_port not in synth_ports:
-            judge_log = params.paths.cache / "llama-server-judge.log"
-            start_local_llm(stack, synth, judge_log, judge_port, judge.model)
+        if judge is not None:
+            own = [p for p in map(local_port, judge.urls) if p not in synth_ports]
+            for i, judge_port in enumerate(own):
+                name = "llama-server-judge.log" if i == 0 else f"llama-server-judge-{i}.log"
+                start_local_llm(stack, synth, params.paths.cache / name, judge_port, judge.model)
         team_api = os.environ.get("PREFECT_API_URL")
         api = (
             check_prefect_server(team_api)

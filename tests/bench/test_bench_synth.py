@@ -1,12 +1,16 @@
-"""The synth bench's bookkeeping: the sides it compares and the sections it keeps (the runs
-themselves need a real server and minutes: `python -m tasks.bench.synth`)."""
+"""The synth bench's bookkeeping: the sides it compares, the sections it keeps, and the fake
+endpoint it kills (the runs themselves take minutes: `python -m tasks.bench.synth`)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from tasks.bench.synth import ORDERS, read_sections
+import pytest
+import requests
+
+from tasks.bench.fake_endpoint import start_fake_endpoint
+from tasks.bench.synth import ORDERS, SECTIONS, read_sections
 from tasks.synth.generate import CallOrder
 
 
@@ -24,3 +28,17 @@ def test_sections_not_measured_are_kept_and_an_old_flat_file_is_its_throughput(
     assert read_sections(out) == {"throughput": {"ratio": 1.0, "stage_runs": []}}
     out.write_text(json.dumps({"prompt_order": {"sides": {}}}))
     assert read_sections(out) == {"prompt_order": {"sides": {}}}
+
+
+def test_the_endpoints_section_is_measured_by_default() -> None:
+    assert set(SECTIONS) == {"endpoints", "prompt_order", "throughput"}
+
+
+def test_the_fake_endpoint_serves_the_model_until_killed() -> None:
+    with start_fake_endpoint("fake-model", delay_s=0.1) as (base_url, proc):
+        models = requests.get(f"{base_url}/models", timeout=5).json()["data"]
+        assert [m["id"] for m in models] == ["fake-model"]
+        proc.kill()
+        proc.wait(timeout=10)
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{base_url}/models", timeout=5)

@@ -193,7 +193,7 @@ def test_steps_follow_epochs_and_warmup_must_fit(tmp_path: Path) -> None:
             "needs cpt.deepspeed.bf16.enabled or cpt.deepspeed.fp16.enabled",
         ),
         ({"sequence_parallel": 2}, r"must divide nodes \* processes_per_node \(1\)"),
-        ({"nodes": 2}, "nodes > 1 needs a hostfile"),
+        ({"nodes": 2}, "nodes > 1 needs master_addr"),
         (
             {"deepspeed": {"bf16": {"enabled": True}, "fp16": {"enabled": True}}},
             r"cpt.deepspeed.bf16.enabled and cpt.deepspeed.fp16.enabled are exclusive",

@@ -6,6 +6,7 @@ travelled."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,11 +15,15 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from tasks.core.params import EndpointParams, SamplingParams
+from tasks.core.params import EndpointParams, EvalParams, SamplingParams
+from tasks.core.procs import free_port
+from tasks.core.records import EvalPage
+from tasks.eval.inputs import EvalInputs, Question
 from tasks.eval.judge import InvalidJudgeReply, Judge, bound_schema
 from tasks.eval.judging import JUDGE_METRICS, JudgeCase, judge_cases
+from tasks.eval.run import judge_answer_sets
 from tasks.llm.client import Backoff, OpenAIChatClient, render_strict_schema
-from tests.support.fake_openai import Behaviour, FakeOpenAI, ok
+from tests.support.fake_openai import Behaviour, FakeOpenAI, ok, serve_fake_openai
 from tests.support.judge_fakes import answer_schema, sent_schema
 
 SAMPLING = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=128, seed=7)
@@ -274,3 +279,45 @@ def test_bounded_schema_caps_lists_and_strings_but_not_enums_or_tighter_bounds()
     tight = {"type": "array", "maxItems": 3, "items": {"type": "string", "maxLength": 10}}
     assert bound_schema(tight, 8, 240) == tight
     assert bound_schema(schema, None, None) == schema
+
+
+def judge_inputs() -> EvalInputs:
+    page = EvalPage(id="p1", url="https://docs.example/p1", title="p1", version="15", text=PAGE)
+    questions = [
+        Question(
+            f"q{i}", "probes", "qa", "p1", page.url, "15", f"How do I reload ({i})?", "Run it."
+        )
+        for i in range(8)
+    ]
+    return EvalInputs(held_out_pages=[], sources={"p1": page}, questions=questions)
+
+
+def test_the_judge_spreads_over_several_endpoints_and_takes_a_dead_one_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """eval.judge with a list of URLs: the stage's judge (judge_answer_sets) sends its calls to
+    every live endpoint, takes out the one that is down with a log line, and scores every
+    answer."""
+    inputs = judge_inputs()
+    answers = {q.id: "Run pg_ctl reload." for q in inputs.questions}
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    with serve_fake_openai() as a, serve_fake_openai() as b:
+        a.responder = b.responder = answer_schema
+        judge = {"model": a.model, "sampling": SAMPLING.model_dump(), "retries": 0}
+        params = EvalParams(
+            judge=EndpointParams.model_validate(
+                {**judge, "base_url": [a.base_url, dead, b.base_url]}
+            ),
+            judge_metrics=["correctness"],
+        )
+        with caplog.at_level(logging.WARNING):
+            judged, stats = asyncio.run(
+                judge_answer_sets({"orpo": answers}, inputs, params, tmp_path / "cache")
+            )
+        served = len(a.chat_requests), len(b.chat_requests)
+    assert set(judged["orpo"]) == set(answers)
+    assert all(scores["correctness"] == 0.7 for scores in judged["orpo"].values())
+    assert min(served) >= 2 and sum(served) == stats["calls"] == len(answers)
+    assert list(stats["endpoints_removed"]) == [dead.rstrip("/")] and stats["failed"] == 0
+    removed = [r.getMessage() for r in caplog.records if "taken out of rotation" in r.getMessage()]
+    assert len(removed) == 1 and dead in removed[0]

@@ -134,7 +134,7 @@ def test_check_takes_out_what_is_down_and_fails_on_another_model() -> None:
         asyncio.run(check_pool(build_pool(params)))
 
 
-def test_base_url_takes_one_url_or_a_list_of_distinct_ones_for_synth_only() -> None:
+def test_base_url_takes_one_url_or_a_list_of_distinct_ones_for_synth_and_the_judge() -> None:
     one = "http://127.0.0.1:8766/v1"
     assert SynthParams().endpoint.urls == [one]
     two = SynthParams.model_validate({"endpoint": {"base_url": [one, "http://h2:8000/v1"]}})
@@ -142,5 +142,7 @@ def test_base_url_takes_one_url_or_a_list_of_distinct_ones_for_synth_only() -> N
     for bad in ([], [one, one], ["not a url"]):
         with pytest.raises(ValueError, match="base_url"):
             SynthParams.model_validate({"endpoint": {"base_url": bad}})
-    with pytest.raises(ValueError, match=r"judge\.base_url: one URL here"):
-        EvalParams.model_validate({"judge": {"base_url": [one, "http://h2:8000/v1"]}})
+    judges = EvalParams.model_validate({"judge": {"base_url": [one, "http://h2:8000/v1"]}})
+    assert judges.judge is not None and judges.judge.urls == [one, "http://h2:8000/v1"]
+    with pytest.raises(ValueError, match=r"endpoints\.orpo\.base_url: one URL here"):
+        EvalParams.model_validate({"endpoints": {"orpo": {"base_url": [one, "http://h2:8000/v1"]}}})

@@ -13,7 +13,9 @@ request body, else the reply is `ok("ok")`. Every request is recorded.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import time
 from collections import deque
@@ -98,6 +100,17 @@ class FakeOpenAI:
     _queue: deque[Behaviour] = field(default_factory=deque)
     _in_flight: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _server: _FakeHTTPServer | None = None
+
+    def stop(self) -> None:
+        """Shut the server down as a killed one goes: the port refuses new connections and
+        every open one is closed, requests in flight unanswered. Safe from a responder."""
+        server = self._server
+        if server is None:
+            return
+        self._server = None
+        # From a handler thread too: shutdown() waits for serve_forever, which runs elsewhere.
+        server.kill()
 
     def script(self, *behaviours: Behaviour) -> None:
         """Queue behaviours for the next chat requests, one each, in order."""
@@ -200,6 +213,17 @@ class _Handler(BaseHTTPRequestHandler):
         except json.JSONDecodeError:
             return raw
 
+    def handle(self) -> None:
+        with self.server.lock:
+            self.server.connections.add(self.connection)
+        try:
+            super().handle()
+        except OSError:
+            pass  # the server was killed under this connection
+        finally:
+            with self.server.lock:
+                self.server.connections.discard(self.connection)
+
     def _send(self, code: int, content_type: str, text: str, headers: dict[str, str]) -> None:
         data = text.encode("utf-8")
         try:
@@ -210,8 +234,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header(name, value)
             self.end_headers()
             self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client timed out and hung up; expected in timeout tests
+        except OSError:
+            pass  # the client hung up (timeout tests), or the server was killed meanwhile
 
     def _record(self, body: Any) -> None:
         fake = self.server.fake
@@ -251,7 +275,7 @@ class _Handler(BaseHTTPRequestHandler):
         behaviour = fake.next_behaviour(body)
         if behaviour.delay_s:
             time.sleep(behaviour.delay_s)
-        if behaviour.kind == "drop":
+        if behaviour.kind == "drop" or fake._server is None:
             self.close_connection = True  # the handler closes the socket; nothing is sent
         elif behaviour.kind == "ok":
             self._send(200, "application/json", render_completion(behaviour, body, fake.model), {})
@@ -275,6 +299,21 @@ class _FakeHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     fake: FakeOpenAI
 
+    def __init__(self, address: tuple[str, int]) -> None:
+        super().__init__(address, _Handler)
+        self.lock = threading.Lock()
+        self.connections: set[socket.socket] = set()
+
+    def kill(self) -> None:
+        """Stop listening, then close every open connection."""
+        self.shutdown()
+        self.server_close()
+        with self.lock:
+            open_now = list(self.connections)
+        for connection in open_now:
+            with contextlib.suppress(OSError):  # already closed by its handler
+                connection.shutdown(socket.SHUT_RDWR)
+
 
 @contextmanager
 def serve_fake_openai(models: list[str] | None = None) -> Iterator[FakeOpenAI]:
@@ -282,8 +321,9 @@ def serve_fake_openai(models: list[str] | None = None) -> Iterator[FakeOpenAI]:
     (http://127.0.0.1:PORT/v1, as EndpointParams.base_url expects)."""
     fake = FakeOpenAI(models=models or ["fake-model"])
     fake.model = fake.models[0]
-    server = _FakeHTTPServer(("127.0.0.1", 0), _Handler)
+    server = _FakeHTTPServer(("127.0.0.1", 0))
     server.fake = fake
+    fake._server = server
     fake.base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     # A short poll interval makes shutdown (once per test) take ~50 ms instead of 0.5 s.
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
@@ -291,5 +331,6 @@ def serve_fake_openai(models: list[str] | None = None) -> Iterator[FakeOpenAI]:
     try:
         yield fake
     finally:
-        server.shutdown()
-        server.server_close()
+        if fake._server is not None:
+            server.shutdown()
+            server.server_close()

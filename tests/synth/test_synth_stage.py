@@ -616,3 +616,51 @@ def test_two_endpoints_one_dying_mid_run_still_give_every_page(
     )
     answered_by_b = [r.body for r in b.chat_requests[:5]]
     assert answered_by_b and len(a.chat_requests) > len(answered_by_b)
+
+
+def test_an_endpoint_shut_down_mid_run_is_taken_out_and_every_page_still_written(
+    dirs: SynthDirs, count: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two endpoints; the second's server is shut down on its sixth request, with others in
+    flight (those lose their connection, later ones are refused): the stage writes every
+    page's pairs and triples as one endpoint alone does, and the log says the endpoint was
+    taken out of rotation."""
+    single = run(ScriptedClient(), dirs, count)
+    expected = {
+        "pairs.jsonl": read_rows(dirs.qa / "pairs.jsonl"),
+        "triples.jsonl": read_rows(dirs.pref / "triples.jsonl"),
+    }
+    other = SynthDirs(dirs.markdown, tmp_path / "qa2", tmp_path / "pref2", tmp_path / "cache2")
+    with serve_fake_openai() as a, serve_fake_openai() as b:
+        numbers = itertools.count(1)
+
+        def answer(body: dict[str, Any]) -> Behaviour:
+            return ok(scripted_reply(body["messages"]), delay_s=0.05)  # keeps calls in flight
+
+        def shut_down_on_sixth(body: dict[str, Any]) -> Behaviour:
+            if next(numbers) == 6:
+                b.stop()
+            return answer(body)
+
+        a.responder, b.responder = answer, shut_down_on_sixth
+        endpoint = EndpointParams(
+            base_url=[a.base_url, b.base_url], model=a.model, retries=1, max_failures=2
+        )
+        params = SYNTH.model_copy(update={"endpoint": endpoint})
+        with caplog.at_level(logging.WARNING):
+            report = asyncio.run(run_via_pool(other, params, count))
+        asked_b = len(b.chat_requests)
+    assert report["pages"] == single["pages"] and report["pages_failed"] == 0
+    assert report["calls"]["made"] == single["calls"]["made"]
+    for folder, name in ((other.qa, "pairs.jsonl"), (other.pref, "triples.jsonl")):
+        got = [{**row, "model": None} for row in read_rows(folder / name)]
+        assert got == [{**row, "model": None} for row in expected[name]]
+    assert report["endpoint"]["retries_by_cause"]["failover"] >= 1
+    taken_out = [
+        r.getMessage() for r in caplog.records if "taken out of rotation" in r.getMessage()
+    ]
+    assert len(taken_out) == 1 and b.base_url in taken_out[0]
+    assert "1 endpoint(s) left" in taken_out[0]
+    # Nothing reached the second endpoint after it went down; the first answered the rest.
+    assert 6 <= asked_b <= 6 + params.endpoint.concurrency
+    assert len(a.chat_requests) >= report["calls"]["made"] - asked_b
