@@ -298,6 +298,36 @@ class MarkdownParams(Strict):
         return None if value is None else _css_selector(value)
 
 
+class ClusterParams(Strict):
+    """Where the data stages' per-page work runs: this machine's processes, or a Dask cluster."""
+
+    address: str | None = Field(
+        None,
+        description="a running Dask scheduler, e.g. tcp://scheduler:8786; null = this machine's "
+        "processes (markdown.workers)",
+    )
+    batch_pages: int = Field(
+        64,
+        ge=1,
+        le=10_000,
+        description="pages per task sent to the cluster: each Prefect task run carries its own "
+        "API calls and events, paid once per batch instead of once per page",
+    )
+    connect_timeout_s: float = Field(10.0, gt=0, le=600)
+
+    @field_validator("address")
+    @classmethod
+    def _scheduler_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("tcp", "tls", "ws", "wss", "ucx") or not parts.netloc:
+            raise ValueError(
+                f"must be a Dask scheduler address such as tcp://host:8786 (or null), got {value!r}"
+            )
+        return value
+
+
 class SamplingParams(Strict):
     temperature: float = Field(0.7, ge=0, le=2)
     top_p: float = Field(0.95, gt=0, le=1)
@@ -1350,6 +1380,7 @@ STAGES: dict[str, type[Strict]] = {
     "paths": PathsParams,
     "crawl": CrawlParams,
     "markdown": MarkdownParams,
+    "cluster": ClusterParams,
     "synth": SynthParams,
     "model": ModelParams,
     "datasets": DatasetsParams,
@@ -1421,6 +1452,7 @@ class Params(Strict):
     paths: PathsParams = Field(default_factory=PathsParams)
     crawl: CrawlParams | None = None
     markdown: MarkdownParams = Field(default_factory=MarkdownParams)
+    cluster: ClusterParams = Field(default_factory=ClusterParams)
     synth: SynthParams = Field(default_factory=SynthParams)
     model: ModelParams = Field(default_factory=ModelParams)
     datasets: DatasetsParams = Field(default_factory=DatasetsParams)

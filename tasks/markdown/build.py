@@ -1,6 +1,11 @@
 """The markdown stage's work: decide which pages need converting, convert them in parallel,
 write one .md per page plus an ordered index, and count what happened.
 
+The per-page work runs in `markdown.workers` processes, which read the stored pages and write
+the .md files themselves, or, with `cluster.address` set, on a Dask cluster
+(tasks.core.cluster), whose workers get the pages' bytes and send back the Markdown for this
+process to write. Both call the same per-page functions, so the outputs are the same bytes.
+
 Before converting, every page is profiled and the site's template learned from all profiles
 (tasks.markdown.template); blocks that repeat on most pages and are mostly links are then
 removed from every page. A page is converted again only when its conversion key changes: the
@@ -15,21 +20,24 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import markdownify
+from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from tasks.core import documents, encoding
+from tasks.core.cluster import run_batches, split_batches
 from tasks.core.documents import render_document
 from tasks.core.encoding import choose_encoding
 from tasks.core.io import read_jsonl, write_bytes_atomic, write_json_atomic, write_jsonl_atomic
-from tasks.core.params import MarkdownParams
+from tasks.core.params import ClusterParams, MarkdownParams
 from tasks.core.records import Exclusion, ManifestEntry, MarkdownDoc, PageStatus
-from tasks.core.tokens import count_tokens, load_tokenizer, resolve_tokenizer
+from tasks.core.tokens import count_tokens, resolve_tokenizer
 from tasks.markdown import convert, extract, template
 from tasks.markdown.template import PageProfile, SiteTemplate, learn_template, load_profile
 
@@ -116,19 +124,41 @@ def _init_profiler(raw_dir: Path, params: MarkdownParams) -> None:
     _worker.update(raw_dir=raw_dir, params=params)
 
 
+def profile_stored_page(entry: ManifestEntry, html: bytes, params: MarkdownParams) -> PageProfile:
+    charset, _ = choose_encoding(html, entry.encoding)
+    return extract.profile_page(html, params, charset)
+
+
 def read_and_profile_page(entry: ManifestEntry) -> PageProfile:
     """One stored page's profile for template learning (in a worker process)."""
     html = (_worker["raw_dir"] / (entry.file or "")).read_bytes()
-    charset, _ = choose_encoding(html, entry.encoding)
-    return extract.profile_page(html, _worker["params"], charset)
+    return profile_stored_page(entry, html, _worker["params"])
+
+
+def profile_batch(
+    setup: MarkdownParams, pages: list[tuple[ManifestEntry, bytes]]
+) -> list[PageProfile]:
+    """Profiles of pages sent with their bytes (on a cluster worker)."""
+    return [profile_stored_page(entry, html, setup) for entry, html in pages]
+
+
+def read_stored_pages(
+    todo: list[ManifestEntry], raw_dir: Path, size: int
+) -> Iterator[list[tuple[ManifestEntry, bytes]]]:
+    """Batches of pages with their bytes, read only as each batch is sent."""
+    for batch in split_batches(todo, size):
+        yield [(entry, (raw_dir / (entry.file or "")).read_bytes()) for entry in batch]
 
 
 def profile_pages(
-    todo: list[ManifestEntry], raw_dir: Path, params: MarkdownParams
+    todo: list[ManifestEntry], raw_dir: Path, params: MarkdownParams, cluster: ClusterParams
 ) -> dict[str, PageProfile]:
-    """Profile pages across `params.workers` processes, with a progress bar."""
+    """Profile pages across `params.workers` processes, or on the Dask cluster at
+    `cluster.address`, with a progress bar."""
     if not todo:
         return {}
+    if cluster.address:
+        return profile_pages_on_cluster(todo, raw_dir, params, cluster)
     init = (raw_dir, params)
     with ProcessPoolExecutor(params.workers, initializer=_init_profiler, initargs=init) as pool:
         found = pool.map(read_and_profile_page, todo, chunksize=8)
@@ -136,8 +166,27 @@ def profile_pages(
         return dict(zip((e.id for e in todo), progress, strict=True))
 
 
+def profile_pages_on_cluster(
+    todo: list[ManifestEntry], raw_dir: Path, params: MarkdownParams, cluster: ClusterParams
+) -> dict[str, PageProfile]:
+    found: list[PageProfile] = []
+    with tqdm(desc="template", total=len(todo), unit="page") as progress:
+
+        def collect(profiles: list[PageProfile]) -> None:
+            found.extend(profiles)
+            progress.update(len(profiles))
+
+        batches = read_stored_pages(todo, raw_dir, cluster.batch_pages)
+        run_batches(profile_batch, params, batches, cluster, collect)
+    return dict(zip((e.id for e in todo), found, strict=True))
+
+
 def read_site_profiles(
-    pages: list[ManifestEntry], dirs: tuple[Path, Path], params: MarkdownParams, fingerprint: str
+    pages: list[ManifestEntry],
+    dirs: tuple[Path, Path],
+    params: MarkdownParams,
+    fingerprint: str,
+    cluster: ClusterParams,
 ) -> tuple[dict[str, tuple[str, PageProfile]], int]:
     """Every page's profile under its key, and how many pages were read for it (raw pages in
     dirs[0]; unchanged pages keep last run's profile from dirs[1]). None when a content selector
@@ -147,33 +196,47 @@ def read_site_profiles(
     cached = read_profiles(dirs[1])
     keys = {e.id: conversion_key(e, fingerprint) for e in pages}
     todo = [e for e in pages if e.id not in cached or cached[e.id][0] != keys[e.id]]
-    fresh = profile_pages(todo, dirs[0], params)
+    fresh = profile_pages(todo, dirs[0], params, cluster)
     profiles = {
         e.id: (keys[e.id], fresh[e.id] if e.id in fresh else cached[e.id][1]) for e in pages
     }
     return profiles, len(todo)
 
 
-def _init_worker(
-    tokenizer_file: str,
-    raw_dir: Path,
-    md_dir: Path,
-    params: MarkdownParams,
-    site_template: SiteTemplate,
-) -> None:
-    _worker.update(tokenizer=load_tokenizer(Path(tokenizer_file)), raw_dir=raw_dir, md_dir=md_dir)
-    _worker.update(params=params, template=site_template)
+@dataclass(frozen=True)
+class ConvertSetup:
+    """What converting any page needs besides the page: the tokenizer travels as its JSON
+    (with a digest to know it by), so a cluster worker needs no file of ours."""
+
+    params: MarkdownParams
+    template: SiteTemplate
+    tokenizer_json: str
+    tokenizer_digest: str
 
 
-def convert_and_write_page(entry: ManifestEntry, key: str) -> PageResult:
-    """Convert one stored page and write its .md (in a worker process)."""
-    html = (_worker["raw_dir"] / (entry.file or "")).read_bytes()
+def read_convert_setup(
+    tokenizer_file: Path, params: MarkdownParams, site_template: SiteTemplate
+) -> ConvertSetup:
+    text = tokenizer_file.read_text("utf-8")
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return ConvertSetup(params, site_template, text, digest)
+
+
+def _init_worker(raw_dir: Path, md_dir: Path, setup: ConvertSetup) -> None:
+    tokenizer = Tokenizer.from_str(setup.tokenizer_json)
+    _worker.update(tokenizer=tokenizer, raw_dir=raw_dir, md_dir=md_dir, setup=setup)
+
+
+def convert_stored_page(
+    entry: ManifestEntry, key: str, html: bytes, setup: ConvertSetup, tokenizer: Tokenizer
+) -> tuple[PageResult, str | None]:
+    """One page's outcome and its .md text (None when dropped)."""
     charset, check = choose_encoding(html, entry.encoding)
-    out = convert.convert_page(html, entry.url, _worker["params"], charset, _worker["template"])
+    out = convert.convert_page(html, entry.url, setup.params, charset, setup.template)
     html_text = html.decode(charset, errors="replace")
-    html_tokens, md_tokens = count_tokens(_worker["tokenizer"], [html_text, out.markdown])
+    html_tokens, md_tokens = count_tokens(tokenizer, [html_text, out.markdown])
     if out.drop_reason:
-        return PageResult(entry.id, key, None, out.drop_reason, html_tokens, 0, check)
+        return PageResult(entry.id, key, None, out.drop_reason, html_tokens, 0, check), None
     doc = MarkdownDoc(
         id=entry.id,
         url=entry.url,
@@ -183,10 +246,8 @@ def convert_and_write_page(entry: ManifestEntry, key: str) -> PageResult:
         sha=entry.sha256 or "",
         extractor=out.extractor,
     )
-    text = render_document(doc, out.markdown)
-    write_bytes_atomic(_worker["md_dir"] / f"{entry.id}.md", text.encode("utf-8"))
     damage = out.markdown.count("\ufffd")
-    return PageResult(
+    result = PageResult(
         entry.id,
         key,
         doc.model_dump(),
@@ -197,24 +258,78 @@ def convert_and_write_page(entry: ManifestEntry, key: str) -> PageResult:
         damage,
         out.template_blocks,
     )
+    return result, render_document(doc, out.markdown)
+
+
+def write_page(md_dir: Path, page_id: str, text: str | None) -> None:
+    if text is not None:
+        write_bytes_atomic(md_dir / f"{page_id}.md", text.encode("utf-8"))
+
+
+def convert_and_write_page(entry: ManifestEntry, key: str) -> PageResult:
+    """Convert one stored page and write its .md (in a worker process)."""
+    html = (_worker["raw_dir"] / (entry.file or "")).read_bytes()
+    result, text = convert_stored_page(entry, key, html, _worker["setup"], _worker["tokenizer"])
+    write_page(_worker["md_dir"], entry.id, text)
+    return result
+
+
+_tokenizers: dict[str, Tokenizer] = {}
+
+
+def convert_batch(
+    setup: ConvertSetup, pages: list[tuple[ManifestEntry, str, bytes]]
+) -> list[tuple[PageResult, str | None]]:
+    """Pages sent with their keys and bytes, converted (on a cluster worker)."""
+    if setup.tokenizer_digest not in _tokenizers:  # parsed once per worker, not per batch
+        _tokenizers[setup.tokenizer_digest] = Tokenizer.from_str(setup.tokenizer_json)
+    tokenizer = _tokenizers[setup.tokenizer_digest]
+    return [convert_stored_page(e, key, html, setup, tokenizer) for e, key, html in pages]
 
 
 def convert_pages(
     todo: list[ManifestEntry],
     keys: dict[str, str],
     dirs: tuple[Path, Path],
-    params: MarkdownParams,
-    setup: tuple[Path, SiteTemplate],
+    setup: ConvertSetup,
+    cluster: ClusterParams,
 ) -> dict[str, PageResult]:
-    """Convert pages across `params.workers` processes, with a progress bar; `setup` is the
-    tokenizer file and the site's template."""
+    """Convert pages across `markdown.workers` processes, or on the Dask cluster at
+    `cluster.address`, with a progress bar."""
     if not todo:
         return {}
-    init = (str(setup[0]), dirs[0], dirs[1], params, setup[1])
-    with ProcessPoolExecutor(params.workers, initializer=_init_worker, initargs=init) as pool:
+    if cluster.address:
+        return convert_pages_on_cluster(todo, keys, dirs, setup, cluster)
+    init = (dirs[0], dirs[1], setup)
+    workers = setup.params.workers
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=init) as pool:
         futures = [pool.submit(convert_and_write_page, e, keys[e.id]) for e in todo]
         results = [f.result() for f in tqdm(futures, desc="markdown", unit="page")]
     return {r.id: r for r in results}
+
+
+def convert_pages_on_cluster(
+    todo: list[ManifestEntry],
+    keys: dict[str, str],
+    dirs: tuple[Path, Path],
+    setup: ConvertSetup,
+    cluster: ClusterParams,
+) -> dict[str, PageResult]:
+    """The workers get page bytes and send back .md text, which is written here: they need
+    no access to this machine's disk."""
+    results: dict[str, PageResult] = {}
+    with tqdm(desc="markdown", total=len(todo), unit="page") as progress:
+
+        def collect(done: list[tuple[PageResult, str | None]]) -> None:
+            for result, text in done:
+                write_page(dirs[1], result.id, text)
+                results[result.id] = result
+            progress.update(len(done))
+
+        stored = read_stored_pages(todo, dirs[0], cluster.batch_pages)
+        batches = ([(e, keys[e.id], html) for e, html in batch] for batch in stored)
+        run_batches(convert_batch, setup, batches, cluster, collect)
+    return results
 
 
 def write_template(
@@ -298,19 +413,25 @@ def summarize_encodings(results: list[PageResult]) -> dict[str, Any]:
 
 
 def build_markdown(
-    raw_dir: Path, md_dir: Path, params: MarkdownParams, tokenizer_cache: Path
+    raw_dir: Path,
+    md_dir: Path,
+    params: MarkdownParams,
+    tokenizer_cache: Path,
+    cluster: ClusterParams | None = None,
 ) -> dict[str, Any]:
     """The whole stage: returns the report (without wall time)."""
+    cluster = cluster or ClusterParams()
     pages = read_manifest_pages(raw_dir)
     converter = fingerprint_converter(params)
-    profiles, profiled = read_site_profiles(pages, (raw_dir, md_dir), params, converter)
+    dirs = (raw_dir, md_dir)
+    profiles, profiled = read_site_profiles(pages, dirs, params, converter, cluster)
     site_template = learn_template((p for _, p in profiles.values()), params.template_min_share)
     fingerprint = fingerprint_template(converter, site_template)
     todo, kept = split_work(pages, read_state(md_dir), fingerprint)
     tokenizer_file, name = resolve_tokenizer(params.tokenizer, tokenizer_cache)
     keys = {e.id: conversion_key(e, fingerprint) for e in todo}
-    setup = (tokenizer_file, site_template)
-    results = {**kept, **convert_pages(todo, keys, (raw_dir, md_dir), params, setup)}
+    setup = read_convert_setup(tokenizer_file, params, site_template)
+    results = {**kept, **convert_pages(todo, keys, dirs, setup, cluster)}
     md_dir.mkdir(parents=True, exist_ok=True)
     write_outputs(md_dir, pages, results)
     write_template(md_dir, site_template, profiles)

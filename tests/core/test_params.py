@@ -51,6 +51,8 @@ def test_shipped_params_are_valid() -> None:
         ({"markdown": {"drop_selectors": ["nav", "a::"]}}, "markdown.drop_selectors.1", "CSS"),
         ({"markdown": {"product_pattern": "(Post"}}, "markdown.product_pattern", "regular exp"),
         ({"crawl": {"exclude": ["ok", "[a-"]}}, "crawl.exclude.1", "regular expression"),
+        ({"cluster": {"address": "scheduler:8786"}}, "cluster.address", "tcp://host:8786"),
+        ({"cluster": {"batch_pages": 0}}, "cluster.batch_pages", "greater than or equal to 1"),
     ],
 )
 def test_bad_value_names_the_key(tmp_path: Path, override: dict, key: str, words: str) -> None:
