@@ -6,10 +6,12 @@ Run with `dvc repro eval` (or `python -m flows.eval`). Reads params `eval:` (and
 models/cpt/<phase>, models/sft/model, models/orpo/model. Per model: perplexity on held-out pages
 and on a general-domain canary, closed-book choice accuracy on the probe and held-out triples
 (likelihood, judge-free), closed-book answers scored on technical literals and, through the
-judge endpoint, with DeepEval; the base model answering open-book is the reference. Results
-and judge replies are cached by content in data/eval_cache. Writes reports/eval.json (metrics),
-reports/eval_perplexity.csv and eval_scores.csv (plots), reports/eval.html and reports/eval/
-(answers per model, the blind review sheet and its key).
+judge endpoint, with DeepEval; the base model answering open-book is the reference. A served
+model listed in `eval.models` (the exported GGUF under llama.cpp, a folder under vLLM) is
+measured the same way through its server. Results and judge replies are cached by content in
+data/eval_cache. Writes reports/eval.json (metrics), reports/eval_perplexity.csv and
+eval_scores.csv (plots), reports/eval.html and reports/eval/ (answers per model, the blind
+review sheet and its key).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from tasks.eval.inputs import EvalInputs, read_eval_inputs, read_general_text
 from tasks.eval.measure import ModelRef, ModelResults
 from tasks.eval.run import (
     Judged,
+    describe_models,
     judge_models,
     measure_models,
     render_headline,
@@ -71,10 +74,7 @@ def eval_flow(params: Params) -> dict[str, Any]:
     metrics, reference = summarize(results, inputs, judged, params.eval)
     report: dict[str, Any] = {
         "model_order": [r.name for r in results],  # the report's maps are sorted by key
-        "models": {
-            r.name: {"hash": r.hash, "answers_generated": r.generated, "generate_s": r.generate_s}
-            for r in results
-        },
+        "models": describe_models(refs, results),
         "questions": {s: sum(q.set == s for q in inputs.questions) for s in params.eval.sets},
         "metrics": metrics,
         "open_book": reference,

@@ -20,7 +20,9 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -400,6 +402,44 @@ class EndpointParams(Strict):
     def api_key(self) -> str:
         """The key from the environment; local servers without auth accept any string."""
         return os.environ[self.api_key_env] if self.api_key_env else "no-key"
+
+
+ServedScoring = Literal["llama-cpp", "echo", "none"]
+
+
+class ServedModelParams(EndpointParams):
+    """A model as an OpenAI-compatible server serves it (the exported GGUF under llama.cpp, a
+    folder under vLLM), evaluated through that server: an `eval.models` entry with no folder."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="its column in the report; not one of the pipeline's model names",
+    )
+    base_url: str = Field(description="the server's OpenAI API, e.g. http://127.0.0.1:8851/v1")
+    model: str = Field(min_length=1, description="the name the server serves it under")
+    scoring: ServedScoring = Field(
+        "llama-cpp",
+        description="how log-likelihoods of given tokens are read from the server: llama-cpp "
+        "(its /completion forced along the tokens by a token-id grammar), echo (OpenAI "
+        "/v1/completions with echo and logprobs: vLLM), none (answers only: perplexity and "
+        "choice accuracy are marked not available)",
+    )
+    file: Path | None = Field(
+        None,
+        description="the file the server serves (e.g. models/export/model.gguf): its hash keys "
+        "the cached results; null = keyed by what the server says it serves",
+    )
+
+
+def _name_eval_model(value: Any) -> str:
+    return "served" if isinstance(value, dict | ServedModelParams) else "stage"
+
+
+# A pipeline model by name (base, cpt/<phase>, sft, orpo) or a served model.
+EvalModel = Annotated[
+    Annotated[str, Tag("stage")] | Annotated[ServedModelParams, Tag("served")],
+    Discriminator(_name_eval_model),
+]
 
 
 class CompetencyMix(Strict):
@@ -1208,10 +1248,11 @@ def _judge_defaults() -> EndpointParams:
 class EvalParams(Strict):
     """Which models are evaluated, how answers are generated, and the judge."""
 
-    models: list[str] | None = Field(
+    models: list[EvalModel] | None = Field(
         None,
-        description="model names to evaluate, in stage order: base, cpt/<phase>, sft, orpo; "
-        "null = all of them",
+        description="models to evaluate: pipeline model names (base, cpt/<phase>, sft, orpo; "
+        "measured in stage order) and served models ({name, base_url, model, scoring, file}, "
+        "measured after them in the order given); null = every pipeline model",
     )
     sets: list[EvalSet] = Field(
         default_factory=lambda: list[EvalSet](["probes", "held_out"]),
@@ -1275,6 +1316,10 @@ class EvalParams(Strict):
     @model_validator(mode="after")
     def _one_url_each(self) -> EvalParams:
         # Each of these serves one model folder; the judge, like synth, may take a list.
+        names = [m if isinstance(m, str) else m.name for m in self.models or []]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"models: {repeated} listed more than once (names are report columns)")
         for key, endpoint in self.endpoints.items():
             if len(endpoint.urls) > 1:
                 raise ValueError(
@@ -1282,6 +1327,17 @@ class EvalParams(Strict):
                     "synth.endpoint and judge"
                 )
         return self
+
+    @property
+    def served_models(self) -> list[ServedModelParams]:
+        return [m for m in self.models or [] if isinstance(m, ServedModelParams)]
+
+    @property
+    def stage_models(self) -> list[str] | None:
+        """The pipeline models listed; None when every one is wanted."""
+        if self.models is None:
+            return None
+        return [m for m in self.models if isinstance(m, str)]
 
     review_sample: int = Field(
         20, ge=0, description="questions in the blind review sheet and the HTML report"

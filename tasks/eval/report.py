@@ -150,6 +150,8 @@ def render_metric_plot(
 
 
 def render_cell(entry: Mapping[str, Any] | None) -> str:
+    if entry and entry.get("not_available"):
+        return f'<td class="na" title="{html.escape(entry["not_available"])}">n/a</td>'
     if not entry or entry.get("value") is None:
         return '<td class="na">&ndash;</td>'
     interval = ""
@@ -192,6 +194,13 @@ def render_table(
     if unmeasured:
         names = ", ".join(html.escape(k) for k in unmeasured)
         note = f'<p class="note">Not measured (no questions of their kind): {names}.</p>'
+    for model in models:
+        why = {e["not_available"] for e in metrics[model].values() if e.get("not_available")}
+        if why:
+            note += (
+                f'<p class="note">n/a for {html.escape(model)}: '
+                f"{html.escape('; '.join(sorted(why)))}.</p>"
+            )
     return f'<table class="grid"><tr><th>metric</th>{head}</tr>{"".join(rows)}</table>{note}'
 
 

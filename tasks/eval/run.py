@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core.io import write_text_atomic
-from tasks.core.params import EvalParams
+from tasks.core.params import EvalParams, ServedModelParams
 from tasks.eval.cache import ResultCache
 from tasks.eval.inputs import EvalInputs, Question, select_passage
 from tasks.eval.measure import ModelRef, ModelResults, measure_model
@@ -26,33 +26,63 @@ from tasks.eval.report import (
 )
 from tasks.eval.scores import (
     gain_share,
+    mark_not_available,
     summarize_answers,
     summarize_choices,
     summarize_perplexity,
 )
+from tasks.eval.served import measure_served
 
 Judged = dict[str, dict[str, float | None]]  # question id -> metric -> score
 
 
-def resolve_models(available: Mapping[str, Path], wanted: Sequence[str] | None) -> list[ModelRef]:
-    """The models to evaluate in stage order; an unknown name or a missing folder fails
-    naming it and what exists."""
-    names = list(wanted) if wanted is not None else list(available)
+def resolve_models(
+    available: Mapping[str, Path], wanted: Sequence[str | ServedModelParams] | None
+) -> list[ModelRef]:
+    """The pipeline models to evaluate in stage order, then the served ones in the order
+    given; an unknown name or a missing folder fails naming it and what exists."""
+    names = [w for w in wanted if isinstance(w, str)] if wanted is not None else list(available)
+    served = [w for w in wanted or [] if isinstance(w, ServedModelParams)]
     unknown = [n for n in names if n not in available]
     if unknown:
         raise ValueError(
             f"eval.models: unknown model(s) {unknown}; the pipeline's are {list(available)}"
         )
+    taken = [s.name for s in served if s.name in available]
+    if taken:
+        raise ValueError(
+            f"eval.models: served model name(s) {taken} are the pipeline's own; name the served "
+            f"one otherwise (e.g. {taken[0]}-gguf)"
+        )
     refs = [ModelRef(n, available[n]) for n in sorted(names, key=list(available).index)]
     for ref in refs:
+        assert ref.folder is not None
         if not (ref.folder / "config.json").is_file():
             raise FileNotFoundError(
                 f"model {ref.name}: {ref.folder} holds no transformers model; run "
                 f"`dvc repro` up to the stage that writes it"
             )
-    if refs and refs[0].name != next(iter(available)):
+    if (refs or served) and (not refs or refs[0].name != next(iter(available))):
         raise ValueError("eval.models must include the base model: every figure is read against it")
-    return refs
+    return refs + [ModelRef(s.name, None, s) for s in served]
+
+
+def describe_models(refs: Sequence[ModelRef], results: Sequence[ModelResults]) -> dict[str, Any]:
+    """Each model's entry in reports/eval.json: its hash (a served model's: of what its server
+    said it serves), where its likelihoods came from, and what the server could not score."""
+    out: dict[str, Any] = {}
+    for ref, r in zip(refs, results, strict=True):
+        entry: dict[str, Any] = {
+            "hash": r.hash,
+            "answers_generated": r.generated,
+            "generate_s": r.generate_s,
+            "scoring": r.scoring,
+        }
+        if ref.served is not None:
+            entry["served"] = {"base_url": ref.served.url, "model": ref.served.model}
+            entry["unscored"] = r.unscored
+        out[r.name] = entry
+    return out
 
 
 def split_general_text(text: str) -> list[str]:
@@ -71,7 +101,9 @@ def measure_models(
     cache = ResultCache(cache_dir / "results")
     paragraphs = split_general_text(general)
     return [
-        measure_model(ref, inputs, paragraphs, system, params, cache, open_book=i == 0)
+        measure_served(ref.served, inputs, paragraphs, system, params, cache)
+        if ref.served is not None
+        else measure_model(ref, inputs, paragraphs, system, params, cache, open_book=i == 0)
         for i, ref in enumerate(refs)
     ]
 
@@ -180,6 +212,8 @@ def summarize(
     for r in results:
         m = summarize_perplexity(r, n, seed)
         m |= summarize_choices(r, inputs.questions, params.sets, n, seed)
+        if r.scoring == "none":
+            m = mark_not_available(m, "the server gives no log-likelihoods (scoring: none)")
         m |= summarize_answers(r.answers, inputs, judged.get(r.name), params.sets, n, seed)
         metrics[r.name] = m
     reference = {}

@@ -55,6 +55,12 @@ def summarize_choices(
     return out
 
 
+def mark_not_available(metrics: Mapping[str, Any], why: str) -> dict[str, Any]:
+    """The metrics as not measured, and why (told apart from a set without items)."""
+    empty = {"value": None, "n": 0, "low": None, "high": None}
+    return {key: {**empty, "not_available": why} for key in metrics}
+
+
 def summarize_answers(
     answers: Mapping[str, str],
     inputs: EvalInputs,

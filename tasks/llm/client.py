@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar, cast
 
+import httpx
 import openai
 
 from tasks.core.params import EndpointParams
@@ -445,6 +446,27 @@ class OpenAIChatClient(ClosesOnExit):
 
         entries, _ = await self.call_with_retries(where, attempt)
         return entries
+
+    async def post_json(self, url: str, body: dict[str, Any]) -> Any:
+        """POST `body` to `url` (a path under base_url, or a full URL for the routes a server
+        keeps beside its OpenAI API: llama.cpp's /completion and /tokenize) with the same
+        retries and slots as a chat call; the reply's JSON."""
+
+        async def attempt() -> Any:
+            raw = await self.sdk.post(url, cast_to=httpx.Response, body=body)
+            try:
+                return raw.json()
+            except ValueError:
+                raise MalformedReplyError(f"{url}: not JSON: {raw.text[:200]!r}") from None
+
+        async with self._slots:
+            reply, _ = await self.call_with_retries(url, attempt)
+        return reply
+
+    @property
+    def server_root(self) -> str:
+        """The server's address without the OpenAI API's /v1."""
+        return self.base_url.removesuffix("/v1")
 
     async def aclose(self) -> None:
         await self.sdk.close()

@@ -7,6 +7,8 @@ process and it can be stopped cleanly. The context (`n_ctx`) is split evenly acr
 
     python -m tasks.llm.server --port 8766 [--gguf PATH] [--alias NAME] [--parallel 4]
                                [--ctx 8192] [--threads 2] [--host 127.0.0.1]
+
+(--model PATH is the same as --gguf PATH.)
 """
 
 from __future__ import annotations
@@ -184,7 +186,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--port", type=int, default=8766)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--gguf", type=Path, default=None, help="default: packaged SmolLM2")
+    parser.add_argument(
+        "--gguf", "--model", type=Path, default=None, help="default: packaged SmolLM2"
+    )
     parser.add_argument("--alias", default=DEFAULT_ALIAS, help="model name clients ask for")
     parser.add_argument("--parallel", type=int, default=4, help="slots (concurrent requests)")
     parser.add_argument("--ctx", type=int, default=8192, help="total context, split over slots")

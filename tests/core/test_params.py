@@ -18,6 +18,7 @@ from tasks.core.params import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
+SERVED = {"base_url": "http://127.0.0.1:8851/v1", "model": "docs2model"}
 
 
 def write_params(tmp_path: Path, **overrides: dict) -> Path:
@@ -53,6 +54,21 @@ def test_shipped_params_are_valid() -> None:
         ({"crawl": {"exclude": ["ok", "[a-"]}}, "crawl.exclude.1", "regular expression"),
         ({"cluster": {"address": "scheduler:8786"}}, "cluster.address", "tcp://host:8786"),
         ({"cluster": {"batch_pages": 0}}, "cluster.batch_pages", "greater than or equal to 1"),
+        (
+            {"eval": {"models": ["base", {"name": "gguf", **SERVED, "scoring": "logprobs"}]}},
+            "eval.models.1.served.scoring",
+            "'llama-cpp', 'echo' or 'none'",
+        ),
+        (
+            {"eval": {"models": ["base", {"name": "gguf", "model": "docs2model"}]}},
+            "eval.models.1.served.base_url",
+            "Field required",
+        ),
+        (
+            {"eval": {"models": ["base", {"name": "gguf", **SERVED}, {"name": "gguf", **SERVED}]}},
+            "eval",
+            "['gguf'] listed more than once",
+        ),
     ],
 )
 def test_bad_value_names_the_key(tmp_path: Path, override: dict, key: str, words: str) -> None:

@@ -17,7 +17,9 @@ from tests.support.judge_fakes import answer_schema, sent_schema
 from tests.support.lf_inputs import write_tiny_model
 
 
-def make_params(root: Path, fake: FakeOpenAI) -> Params:
+def make_params(
+    root: Path, fake: FakeOpenAI, models: list[Any] | None = None, judge: bool = True
+) -> Params:
     base = root / "models" / "base"
     return Params.model_validate(
         {
@@ -33,7 +35,7 @@ def make_params(root: Path, fake: FakeOpenAI) -> Params:
             },
             "orpo": {"output": root / "models" / "orpo"},
             "eval": {
-                "models": ["base", "orpo"],
+                "models": models or ["base", "orpo"],
                 # answers from the fake server (a random tiny model writes nothing readable);
                 # perplexities and likelihoods still come from the tiny models
                 "generation": "endpoint",
@@ -43,7 +45,11 @@ def make_params(root: Path, fake: FakeOpenAI) -> Params:
                 },
                 "max_new_tokens": 8,
                 "bootstrap_samples": 200,
-                "judge": {"base_url": fake.base_url, "model": fake.model, "retries": 1},
+                "judge": (
+                    {"base_url": fake.base_url, "model": fake.model, "retries": 1}
+                    if judge
+                    else None
+                ),
                 "judge_metrics": ["correctness", "false_premise"],
             },
         }
@@ -109,3 +115,32 @@ def test_eval_flow_names_a_missing_model(
     write_tiny_model(tmp_path / "models" / "base")
     with pytest.raises(FileNotFoundError, match="model orpo"):
         eval_flow(make_params(tmp_path, fake_openai))
+
+
+def test_eval_flow_reports_a_served_model_beside_the_pipeline(
+    prefect_harness: None, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """An answers-only server (scoring: none): its answers are scored, its likelihood metrics
+    are marked not available in eval.json and the HTML, and it is the headline's final model."""
+    from flows.eval import eval_flow
+
+    dirs = write_inputs(tmp_path / "data", [page_body(n, words=40) for n in range(3)], 1)
+    build(dirs, eval_fraction=0.3, probe_fraction=0.5)
+    write_tiny_model(tmp_path / "models" / "base")
+    write_tiny_model(tmp_path / "models" / "orpo" / "model")
+    served = {"name": "orpo-served", "base_url": fake_openai.base_url, "model": fake_openai.model}
+    models = ["base", "orpo", {**served, "scoring": "none", "retries": 1}]
+    report = eval_flow(make_params(tmp_path, fake_openai, models, judge=False))
+
+    assert report["model_order"] == ["base", "orpo", "orpo-served"]
+    entry = report["models"]["orpo-served"]
+    assert entry["scoring"] == "none" and entry["served"]["model"] == fake_openai.model
+    assert entry["answers_generated"] > 0 and report["headline"]["final"] == "orpo-served"
+    metrics = report["metrics"]["orpo-served"]
+    assert "scoring: none" in metrics["ppl_general"]["not_available"]
+    assert "not_available" not in metrics["literal_recall.probes"]
+    answers = (tmp_path / "reports" / "eval" / "answers" / "orpo-served.jsonl").read_text()
+    assert len(answers.splitlines()) == 8 and '"answer": "ok"' in answers
+    assert report["metrics"]["orpo"]["ppl_general"]["value"] > 1
+    html = (tmp_path / "reports" / "eval.html").read_text()
+    assert "n/a for orpo-served" in html

@@ -1,6 +1,7 @@
 """A fake OpenAI-compatible chat server on 127.0.0.1 for tests of anything that calls an LLM.
 
-It speaks the real wire format (`GET /v1/models`, `POST /v1/chat/completions`), so the real
+It speaks the real wire format (`GET /v1/models`, `POST /v1/chat/completions`, and any other
+POST path a test gives a reply function for in `routes`), so the real
 openai SDK runs against it with its own retries and timeouts. Each chat request takes the next
 scripted behaviour from a queue; when the queue is empty, `responder` (if set) decides from the
 request body, else the reply is `ok("ok")`. Every request is recorded.
@@ -95,6 +96,8 @@ class FakeOpenAI:
     models: list[str] = field(default_factory=lambda: ["fake-model"])
     models_status: int = 200  # another status makes GET /v1/models answer it, with no list
     responder: Callable[[dict[str, Any]], Behaviour] | None = None
+    # Other POST paths (e.g. /tokenize, /v1/completions): path -> the JSON reply to a body.
+    routes: dict[str, Callable[[dict[str, Any]], Any]] = field(default_factory=dict)
     requests: list[RecordedRequest] = field(default_factory=list)
     max_in_flight: int = 0
     _queue: deque[Behaviour] = field(default_factory=deque)
@@ -261,6 +264,11 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self._read_body()
         self._record(body)
+        route = self.server.fake.routes.get(self.path.rstrip("/"))
+        if route is not None:
+            reply = route(body if isinstance(body, dict) else {})
+            self._send(200, "application/json", json.dumps(reply), {})
+            return
         if self.path.rstrip("/") != "/v1/chat/completions":
             self._send(404, "application/json", _error_json(404, "not found"), {})
             return
