@@ -42,10 +42,13 @@ CHATML_RENDERED = (
     "<|im_start|>assistant\nA1<|im_end|>\n<|im_start|>user\nQ2<|im_end|>\n"
     "<|im_start|>assistant\n"
 )
-# Ollama's Go-template form of ChatML (what CHATML_RENDERED is).
+# Ollama's Go-template form of ChatML (what CHATML_RENDERED is). Ollama hands the system
+# prompt both as .System and as a system entry of .Messages, so the loop renders only the
+# other roles: the prompt appears once, at the top, as in training.
 CHATML_TEMPLATE = (
     "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
-    "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
+    '{{- range .Messages }}{{- if ne .Role "system" }}'
+    "<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}{{ end }}"
     "<|im_start|>assistant\n"
 )
 
