@@ -15,7 +15,7 @@ export DEEPEVAL_TELEMETRY_OPT_OUT := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME := $(CURDIR)/.prefect
 
-.PHONY: setup site chromium demo test test-all lint bench eval-markdown gate diff chat ui lock clean
+.PHONY: setup site chromium demo test test-all lint bench bench-scale eval-markdown gate diff chat ui lock clean
 
 setup: $(VENV)/.installed site chromium
 
@@ -95,6 +95,17 @@ bench: setup
 	$(BIN)/python -m tasks.bench.cpt --out reports/bench_cpt.json
 	$(BIN)/python -m tasks.bench.sft --out reports/bench_sft.json
 	$(BIN)/python -m tasks.bench.render --site $(SITE) --out reports/bench_render.json
+
+# How cost grows with the site: crawl, markdown and datasets through `dvc repro` on generated
+# sites of SCALE_PAGES pages, and a no-op `dvc status` / `dvc repro` after them
+# (reports/bench_scale.{json,md}). From SCALE_STAND_INS_FROM pages up the stages are not run
+# (hours of conversion on a small machine): their outputs are written straight from the
+# generator and only the no-op commands are timed; set it above the largest size to run all.
+SCALE_PAGES ?= 1000 10000 100000
+SCALE_STAND_INS_FROM ?= 100000
+bench-scale: setup
+	$(BIN)/python -m tasks.bench.scale --pages $(SCALE_PAGES) \
+		--stand-ins-from $(SCALE_STAND_INS_FROM) --out reports/bench_scale.json
 
 # Converter quality with no selector, on three sites from different generators; the reference
 # main content and the site's navigation blocks (for the leak count) are picked by per-site

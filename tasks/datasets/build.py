@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 from tasks.core.documents import read_pages
 from tasks.core.io import read_jsonl, replace_folder, write_json_atomic, write_jsonl_atomic
 from tasks.core.packed import PhaseMeta, write_phase
@@ -295,16 +297,23 @@ def embed_texts(texts: list[str], model_dir: Path) -> Any:
 
 def chain_nearest(vectors: Any) -> list[int]:
     """Greedy chain from the first document: each next one is the most similar of those left
-    (unit vectors, so the dot product is the cosine)."""
+    (unit vectors, so the dot product is the cosine; the lowest index among equals).
+
+    Quadratic by nature (each step compares the last document with all others): at 100K pages
+    that is 10^10 dot products, so big sites keep `order: site`. Chained documents are masked
+    rather than the rest gathered and sorted at each step, which took twice as long on 1,000."""
     n = len(vectors)
     if n == 0:
         return []
-    order, left = [0], set(range(1, n))
-    while left:
-        sims = vectors[sorted(left)] @ vectors[order[-1]]
-        nxt = sorted(left)[int(sims.argmax())]
+    order = [0]
+    chained = np.zeros(n, dtype=bool)
+    chained[0] = True
+    for _ in range(n - 1):
+        sims = np.asarray(vectors @ vectors[order[-1]], dtype=np.float64)
+        sims[chained] = -np.inf
+        nxt = int(sims.argmax())
         order.append(nxt)
-        left.remove(nxt)
+        chained[nxt] = True
     return order
 
 

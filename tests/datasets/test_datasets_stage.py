@@ -9,6 +9,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -28,6 +29,20 @@ from tests.support.datasets_inputs import (
     training_text,
     write_inputs,
 )
+
+
+def test_nearest_neighbour_chain_takes_the_most_similar_left_and_the_lowest_index_on_ties() -> None:
+    from tasks.datasets.build import chain_nearest
+
+    # Small integers: every dot product exact, so ties are real ties.
+    vectors = np.random.default_rng(0).integers(-3, 4, (40, 8)).astype(np.float32)
+    vectors[[7, 21]] = vectors[3]
+    order, left = [0], list(range(1, len(vectors)))
+    while left:  # the definition, one candidate at a time
+        sims = [float(vectors[i] @ vectors[order[-1]]) for i in left]
+        order.append(left.pop(sims.index(max(sims))))
+    assert chain_nearest(vectors) == order
+    assert order.index(7) < order.index(21)
 
 
 @settings(max_examples=25, deadline=None)
