@@ -7,7 +7,8 @@ of rotation (tasks/llm/client.py: EndpointPool).
 Reads params `synth:` and data/markdown; writes data/qa/pairs.jsonl (Q/A pairs citing their
 page), data/pref/triples.jsonl (<prompt, chosen, rejected> for ORPO), an exclusions.jsonl beside
 each (every drop and failed page, with its reason), data/synth_cache/ (one file per LLM reply,
-keyed by the call's hash, so reruns call only for changed pages and a killed run resumes),
+keyed by the call's hash, so reruns call only for changed pages and a killed run resumes; with
+synth.faithfulness_check, the endpoint's verdicts on whether each answer's chunk supports it),
 reports/synth.json and reports/synth_retry.yaml (the failed pages; while there are any, the
 next `dvc repro` reruns the stage for them: see tasks/synth/rerun.py). Each page that needs
 calls is a Prefect task run; cached pages are replayed. The stage fails after writing all of

@@ -44,9 +44,24 @@ def sentences_of(messages: list[dict[str, str]]) -> list[str]:
     return found or ["The page documents one procedure for administrators."]
 
 
+JUDGE_MARK = 'Reply with JSON only: {"supported"'
+
+
+def is_judge_prompt(messages: list[dict[str, str]]) -> bool:
+    return JUDGE_MARK in messages[-1]["content"]
+
+
+def judged_answer(messages: list[dict[str, str]]) -> str:
+    """The answer a faithfulness prompt asks about."""
+    return messages[-1]["content"].rsplit("\nAnswer: ", 1)[1].split("\n", 1)[0]
+
+
 def scripted_reply(messages: list[dict[str, str]]) -> str:
-    """A well-formed, grounded reply to any synth prompt, built from the page's sentences."""
+    """A well-formed, grounded reply to any synth prompt, built from the page's sentences; the
+    faithfulness judge says yes."""
     user = messages[-1]["content"]
+    if is_judge_prompt(messages):
+        return '{"supported": "yes"}'
     sentences = sentences_of(messages)
     if "<POINT> main point <END>" in user:
         k = int(re.search(r"List the (\d+) main points", user).group(1))  # type: ignore[union-attr]

@@ -61,11 +61,13 @@ from tasks.llm.client import (
     build_pool,
     check_pool,
     grammar_body,
+    schema_body,
 )
 from tasks.llm.server import start_llama_server
 from tasks.synth.generate import CallOrder, SynthDirs, read_token_counter, run_synth
 
-Request = tuple[list[dict[str, str]], str | None, dict[str, Any] | None]
+# messages, grammar, extra body, JSON schema
+Request = tuple[list[dict[str, str]], str | None, dict[str, Any] | None, dict[str, Any] | None]
 Save = Callable[[dict[str, Any]], None]
 
 
@@ -82,11 +84,12 @@ class RecordingClient:
         *,
         grammar: str | None = None,
         extra_body: dict[str, Any] | None = None,
+        json_schema: dict[str, Any] | None = None,
         route: str | None = None,
     ) -> Completion:
-        self.requests.append((messages, grammar, extra_body))
+        self.requests.append((messages, grammar, extra_body, json_schema))
         return await self.inner.complete(
-            messages, grammar=grammar, extra_body=extra_body, route=route
+            messages, grammar=grammar, extra_body=extra_body, json_schema=json_schema, route=route
         )
 
 
@@ -143,8 +146,11 @@ async def replay_direct(params: SynthParams, requests: list[Request]) -> dict[st
     sampling = OpenAIChatClient(endpoint).sampling_body()
     slots = asyncio.Semaphore(endpoint.concurrency)
 
-    async def one(messages: list[dict[str, str]], grammar: str | None, extra: Any) -> Any:
+    async def one(
+        messages: list[dict[str, str]], grammar: str | None, extra: Any, schema: Any
+    ) -> Any:
         body = {**sampling, **(grammar_body(params.structured, grammar) if grammar else {})}
+        body.update(schema_body(params.structured, schema) if schema else {})
         body.update(extra or {})
         async with slots:
             reply = await client.chat.completions.create(

@@ -508,6 +508,13 @@ class SynthParams(Strict):
         description="an answer (a triple's chosen one) whose number, version, flag, path, code "
         "span or identifier does not occur in its page is dropped as literal_not_in_page",
     )
+    faithfulness_check: bool = Field(
+        False,
+        description="the endpoint's model judges (yes/no, under a JSON schema) whether each "
+        "answer that passed the other filters (a triple's chosen one) is supported by its page "
+        "chunk; a no drops it as judge_unsupported. One extra cached call per such answer: on "
+        "for a real endpoint, off for a small local model that cannot judge",
+    )
     near_duplicate_jaccard: float = Field(
         0.7, gt=0, le=1, description="questions whose word-bigram Jaccard reaches this are dups"
     )

@@ -123,6 +123,12 @@ class QAPair(BaseModel):
     model: str  # the model its reply named
     prompt_version: str
     endpoint_model: str | None = None  # the model GET /models named; None: it did not say
+    # Share of the answer's content words found in its chunk (synth.min_grounding); None in
+    # records written before it was kept.
+    grounding: float | None = None
+    # The judge's verdict that the chunk supports the answer; None when not asked
+    # (synth.faithfulness_check off). Only supported answers are kept when it is on.
+    faithful: bool | None = None
 
 
 class PreferenceTriple(BaseModel):
@@ -145,6 +151,8 @@ class PreferenceTriple(BaseModel):
     model: str  # the model its reply named
     prompt_version: str
     endpoint_model: str | None = None  # the model GET /models named; None: it did not say
+    grounding: float | None = None  # of the chosen answer, as QAPair's
+    faithful: bool | None = None  # the judge's verdict on the chosen answer, as QAPair's
 
 
 class CptDocument(BaseModel):

@@ -79,7 +79,8 @@ class MalformedReplyError(EndpointError):
 
 class ChatClient(Protocol):
     """`route` names what a call belongs to (synth: its page chunk): with several endpoints,
-    calls with the same route go to the same one, where the prompt they share is cached."""
+    calls with the same route go to the same one, where the prompt they share is cached.
+    `grammar` or `json_schema` constrains the reply (OpenAIChatClient.complete)."""
 
     async def complete(
         self,
@@ -87,6 +88,7 @@ class ChatClient(Protocol):
         *,
         grammar: str | None = None,
         extra_body: dict[str, Any] | None = None,
+        json_schema: dict[str, Any] | None = None,
         route: str | None = None,
     ) -> Completion: ...
 

@@ -20,6 +20,14 @@ synth.max_attempts times in all. Each attempt is its own cached call; attempt 0'
 calls had before attempts existed, so old caches stay valid. Whether a reply kept anything is
 decided within its page (near-duplicates of the page's own earlier questions included): pages
 run independently, so a question that repeats another page's is dropped but not asked again.
+
+With synth.faithfulness_check on, every answer of an attempt that passes the other filters (a
+triple's chosen answer) is then judged by the endpoint's model, right after the chunk's own
+calls while the chunk is still in the server's prefix cache: a yes/no under a JSON schema,
+keyed by the chunk, question and answer (tasks/synth/prompts.py: SUPPORT_VERSION) and cached
+like any call. A no drops the answer as judge_unsupported, which counts like any other drop
+(and so is asked again). Near-duplicates are checked after the judge, corpus-wide, so the judge
+is asked about a page's answers whatever the other pages hold.
 """
 
 from __future__ import annotations
@@ -78,9 +86,11 @@ from tasks.synth.filters import (
     score_grounding,
     strip_citation,
 )
-from tasks.synth.parse import Parsed, parse_points, parse_qa, parse_triple
+from tasks.synth.parse import Parsed, parse_points, parse_qa, parse_support, parse_triple
 from tasks.synth.prompts import (
     PROMPT_VERSION,
+    SUPPORT_SCHEMA,
+    SUPPORT_VERSION,
     Persona,
     PromptOrder,
     grammar_max_chars,
@@ -90,6 +100,7 @@ from tasks.synth.prompts import (
     render_points_prompt,
     render_qa_grammar,
     render_qa_prompt,
+    render_support_prompt,
     render_triple_grammar,
     render_triple_prompt,
 )
@@ -223,7 +234,7 @@ def assign_competencies(page_id: str, n: int, mix: CompetencyMix) -> list[Compet
 
 @dataclass(frozen=True)
 class CallRequest:
-    kind: str  # qa | points | good | false_premise
+    kind: str  # qa | points | good | false_premise | judge
     page_id: str
     messages: list[dict[str, str]]
     grammar: str | None
@@ -231,6 +242,7 @@ class CallRequest:
     url: str = ""  # the page's, for log lines
     attempt: int = 0
     chunk: int = 0
+    schema: dict[str, Any] | None = None  # the judge's reply schema (instead of a grammar)
 
 
 @dataclass(frozen=True)
@@ -244,7 +256,7 @@ class CallResult:
     seconds: float
     made: bool  # False when read back from the cache
     cached_prompt_tokens: int = 0  # prompt tokens the server took from its prefix cache
-    kind: str = ""  # the request's: qa | points | good | false_premise
+    kind: str = ""  # the request's: qa | points | good | false_premise | judge
 
 
 class CallGate:
@@ -367,6 +379,15 @@ class Settings:
             body["seed"] = p.endpoint.sampling.seed + shift
         return body or None
 
+    def judge_body(self, reask: int = 0) -> dict[str, Any]:
+        """Greedy decoding: a verdict should not depend on the draw. A re-ask (a reply cut
+        short or refused) still gets its own seed, for servers that sample anyway."""
+        body: dict[str, Any] = {"temperature": 0.0}
+        seed = self.params.endpoint.sampling.seed
+        if reask and seed is not None:
+            body["seed"] = seed + reask
+        return body
+
 
 def render_call_key(
     messages: list[dict[str, str]], grammar: str | None, params: SynthParams, attempt: int = 0
@@ -383,6 +404,21 @@ def render_call_key(
     }
     if attempt:
         spec["attempt"] = attempt
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def render_support_key(messages: list[dict[str, str]], params: SynthParams) -> str:
+    """The hash of what decides a verdict. Not PROMPT_VERSION: the generation prompts do not
+    decide it (the answer in the messages does), so changing them keeps verdicts on answers
+    that come back unchanged."""
+    spec: dict[str, Any] = {
+        "support_version": SUPPORT_VERSION,
+        "messages": messages,
+        "schema": SUPPORT_SCHEMA,
+        "structured": params.structured,
+        "model": params.endpoint.model,
+        "sampling": params.endpoint.sampling.model_dump(),
+    }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode("utf-8")).hexdigest()
 
 
@@ -459,7 +495,7 @@ def write_cached(cache_dir: Path, request: CallRequest, result: CallResult) -> N
         "kind": request.kind,
         "page_id": request.page_id,
         "attempt": request.attempt,
-        "prompt_version": PROMPT_VERSION,
+        "prompt_version": SUPPORT_VERSION if request.schema else PROMPT_VERSION,
         "text": result.text,
         "finish_reason": result.finish_reason,
         "prompt_tokens": result.prompt_tokens,
@@ -490,7 +526,10 @@ def check_final(reply: Completion) -> str | None:
 
 
 async def ask_once(client: ChatClient, request: CallRequest, s: Settings, reask: int) -> Completion:
-    body = s.request_body(request.grammar, reask, request.attempt)
+    if request.schema is None:
+        body = s.request_body(request.grammar, reask, request.attempt)
+    else:
+        body = s.judge_body(reask)
     rank = (s.ranks.get(request.page_id, 0), request.chunk)
     # A chunk's calls share their prompt's prefix: with several endpoints they go to the same
     # one, whose prefix cache holds it.
@@ -501,7 +540,11 @@ async def ask_once(client: ChatClient, request: CallRequest, s: Settings, reask:
     try:
         async with gate:
             reply = await client.complete(
-                request.messages, grammar=request.grammar, extra_body=body, route=route
+                request.messages,
+                grammar=request.grammar,
+                extra_body=body,
+                json_schema=request.schema,
+                route=route,
             )
     except (EndpointError, openai.APIError) as exc:
         s.failed_calls += 1
@@ -598,12 +641,36 @@ class TripleReply:
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """An answer every filter but the judge's keeps: a Q/A answer (with its citation, as it is
+    kept) or a triple's chosen answer, with the question it answers."""
+
+    chunk: int
+    question: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The judge's reply about one candidate."""
+
+    candidate: Candidate
+    result: CallResult
+
+    @property
+    def supported(self) -> bool | None:
+        """None when the reply says neither yes nor no."""
+        return parse_support(self.result.text)
+
+
+@dataclass(frozen=True)
 class ChunkAsked:
     """What one attempt asked of a chunk: None for a call it did not ask."""
 
     qa: ChunkReply | None
     points: ChunkReply | None
     triples: list[TripleReply]
+    judgements: tuple[Judgement, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -614,6 +681,7 @@ class PageOutcome:
     qa: tuple[ChunkReply, ...] = ()
     points: tuple[ChunkReply, ...] = ()
     triples: tuple[TripleReply, ...] = ()
+    judgements: tuple[Judgement, ...] = ()
     error: str | None = None
 
     def extend(self, asked: Sequence[ChunkAsked]) -> PageOutcome:
@@ -623,7 +691,11 @@ class PageOutcome:
             qa=(*self.qa, *(a.qa for a in asked if a.qa)),
             points=(*self.points, *(a.points for a in asked if a.points)),
             triples=(*self.triples, *(t for a in asked for t in a.triples)),
+            judgements=(*self.judgements, *(j for a in asked for j in a.judgements)),
         )
+
+    def verdicts_by_candidate(self) -> dict[Candidate, bool | None]:
+        return {j.candidate: j.supported for j in self.judgements}
 
     def list_attempts(self) -> list[int]:
         """The attempt of every reply."""
@@ -666,6 +738,66 @@ def triple_request(
     )
     grammar = render_triple_grammar(s.params.max_answer_chars)
     return build_request(slot.kind.value, work.doc, user, grammar, s, (chunk.index, attempt))
+
+
+def support_request(work: PageWork, candidate: Candidate, s: Settings) -> CallRequest:
+    doc, chunk = work.doc, work.chunks[candidate.chunk]
+    answer = strip_citation(candidate.answer)
+    user = render_support_prompt(doc, chunk.document, candidate.question, answer)
+    messages = render_messages(s.persona, user)
+    key = render_support_key(messages, s.params)
+    return CallRequest(
+        "judge", doc.id, messages, None, key, doc.url, chunk=chunk.index, schema=SUPPORT_SCHEMA
+    )
+
+
+@dataclass(frozen=True)
+class Screen:
+    """What the filters before the judge need of a chunk."""
+
+    source: set[str]  # the chunk's content words
+    page: str | None  # the chunk's text when literals are checked
+
+
+def screen_chunk(chunk: Chunk, p: SynthParams) -> Screen:
+    return Screen(
+        extract_content_words(chunk.document), chunk.document if p.literal_grounding else None
+    )
+
+
+def list_candidates(work: PageWork, asked: ChunkAsked, p: SynthParams) -> list[Candidate]:
+    """The answers of one attempt's Q/A and triple replies for a chunk that every filter but
+    the judge's keeps, each once: what the judge is asked about (add_qa and add_triple filter
+    the same way, so they find every verdict they need)."""
+    found = qa_candidates(work, asked.qa, p) if asked.qa else []
+    for triple in asked.triples:
+        found += triple_candidates(work, triple, p)
+    return list(dict.fromkeys(found))
+
+
+def qa_candidates(work: PageWork, reply: ChunkReply, p: SynthParams) -> list[Candidate]:
+    chunk, citation = work.chunks[reply.chunk], render_citation(work.doc)
+    screen, found = screen_chunk(chunk, p), []
+    for parsed in parse_qa(reply.result.text, reply.result.finish_reason):
+        if parsed.problem is None:
+            question, answer = parsed.fields[0], cite_answer(parsed.fields[1], citation)
+            if check_qa(question, answer, screen.source, p.min_grounding, screen.page) is None:
+                found.append(Candidate(chunk.index, question, answer))
+    return found
+
+
+def triple_candidates(work: PageWork, reply: TripleReply, p: SynthParams) -> list[Candidate]:
+    chunk = work.chunks[reply.chunk]
+    screen, found = screen_chunk(chunk, p), []
+    for parsed in parse_triple(reply.result.text, reply.result.finish_reason)[:1]:
+        if parsed.problem is None:
+            prompt, chosen, rejected = parsed.fields
+            reason = check_triple(
+                prompt, chosen, rejected, screen.source, p.min_grounding, screen.page
+            )
+            if reason is None:
+                found.append(Candidate(chunk.index, prompt, chosen))
+    return found
 
 
 def select_points(reply: CallResult, limit: int) -> list[str]:
@@ -713,16 +845,24 @@ async def ask_chunk_calls(
             return None
         return ChunkReply(chunk.index, attempt, await ask(qa_request(work, chunk, s, attempt)))
 
-    async def triples(slots: tuple[TripleSlot, ...]) -> list[TripleReply]:
-        requests = [triple_request(work, chunk, slot, s, attempt) for slot in slots]
+    async def ask_all(requests: list[CallRequest]) -> list[CallResult]:
         if s.order.one_at_a_time:
-            answers = [await ask(r) for r in requests]
-        else:
-            answers = await gather_all(*(ask(r) for r in requests))
+            return [await ask(r) for r in requests]
+        return await gather_all(*(ask(r) for r in requests))
+
+    async def triples(slots: tuple[TripleSlot, ...]) -> list[TripleReply]:
+        answers = await ask_all([triple_request(work, chunk, slot, s, attempt) for slot in slots])
         return [
             TripleReply(chunk.index, slot, attempt, r)
             for slot, r in zip(slots, answers, strict=True)
         ]
+
+    async def judge(replies: ChunkAsked) -> tuple[Judgement, ...]:
+        if not s.params.faithfulness_check:
+            return ()
+        candidates = list_candidates(work, replies, s.params)
+        verdicts = await ask_all([support_request(work, c, s) for c in candidates])
+        return tuple(Judgement(c, r) for c, r in zip(candidates, verdicts, strict=True))
 
     # Beside the points call only when the bench measures that schedule (it is started after
     # the points call has been queued: the points call unlocks the triple calls).
@@ -745,7 +885,8 @@ async def ask_chunk_calls(
         if qa_call is not None:
             await asyncio.wait([qa_call])
             qa_call.exception()
-    return ChunkAsked(qa_call.result(), points, asked)
+    replies = ChunkAsked(qa_call.result(), points, asked)
+    return dataclasses.replace(replies, judgements=await judge(replies))
 
 
 def split_tags(work: PageWork, mix: CompetencyMix) -> list[tuple[Competency, ...]]:
@@ -817,6 +958,7 @@ class ReplayClient:
         *,
         grammar: str | None = None,
         extra_body: dict[str, Any] | None = None,
+        json_schema: dict[str, Any] | None = None,
         route: str | None = None,
     ) -> Completion:
         raise CacheMiss
@@ -897,6 +1039,7 @@ class Assembled:
     grounding: list[float] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)  # {url, error} per failed page
     verdicts: list[Verdict] = field(default_factory=list)  # one per reply
+    judged: Counter[str] = field(default_factory=Counter)  # yes | no | unreadable
 
     @property
     def failed_pages(self) -> int:
@@ -915,12 +1058,42 @@ def exclusion(doc: MarkdownDoc, reason: str, chunk: int, text: str, attempt: int
     return Exclusion(id=doc.id, url=doc.url, reason=reason, detail=f"{where}: {text[:300]}")
 
 
+@dataclass(frozen=True)
+class Scores:
+    """What a kept answer's record says of its grounding: the word-overlap score and the
+    judge's verdict (None when it was not asked)."""
+
+    grounding: float
+    faithful: bool | None = None
+
+
+def judge_candidate(
+    out: Assembled, judged: dict[Candidate, bool | None] | None, candidate: Candidate
+) -> tuple[bool | None, str | None]:
+    """The judge's verdict on an answer the other filters keep, and the reason to drop it;
+    (None, None) when the check is off (`judged` None)."""
+    if judged is None:
+        return None, None
+    # Every candidate was judged when its reply came (list_candidates). A missing verdict
+    # would be a bug; it counts as unreadable, so the answer is dropped, never kept unjudged.
+    supported = judged.get(candidate)
+    out.judged[{True: "yes", False: "no", None: "unreadable"}[supported]] += 1
+    if supported is None:
+        return None, "judge_unreadable"
+    return supported, None if supported else "judge_unsupported"
+
+
 def add_qa(
-    out: Assembled, work: PageWork, reply: ChunkReply, p: SynthParams, dups: NearDuplicates
+    out: Assembled,
+    work: PageWork,
+    reply: ChunkReply,
+    p: SynthParams,
+    dups: NearDuplicates,
+    judged: dict[Candidate, bool | None] | None = None,
 ) -> None:
+    """`judged`: the page's verdicts when synth.faithfulness_check is on, else None."""
     doc, chunk, result = work.doc, work.chunks[reply.chunk], reply.result
-    source = extract_content_words(chunk.document)
-    page = chunk.document if p.literal_grounding else None
+    screen = screen_chunk(chunk, p)
     before, drops = len(out.pairs), []
     for parsed in parse_qa(result.text, result.finish_reason):
         if parsed.problem:
@@ -929,23 +1102,33 @@ def add_qa(
             continue
         question, answer = parsed.fields
         answer = cite_answer(answer, render_citation(doc))
-        out.grounding.append(score_grounding(answer, source))
-        reason = check_qa(question, answer, source, p.min_grounding, page)
+        scores = Scores(score_grounding(answer, screen.source))
+        out.grounding.append(scores.grounding)
+        reason = check_qa(question, answer, screen.source, p.min_grounding, screen.page)
+        if reason is None:
+            candidate = Candidate(chunk.index, question, answer)
+            faithful, reason = judge_candidate(out, judged, candidate)
+            scores = dataclasses.replace(scores, faithful=faithful)
         if reason is None and dups.add(question):
             reason = "near_duplicate"
         if reason:
-            detail = describe_drop(reason, f"{question} | {answer}", answer, page)
+            detail = describe_drop(reason, f"{question} | {answer}", answer, screen.page)
             excl = exclusion(doc, reason, chunk.index, detail, reply.attempt)
             drops.append(out.drop("qa", reason, False, excl))
             continue
-        out.pairs.append(build_pair(doc, reply, question, answer, out.endpoint_model))
+        out.pairs.append(build_pair(doc, reply, (question, answer), scores, out.endpoint_model))
     kept = len(out.pairs) - before
     out.verdicts.append(Verdict("qa", doc.id, chunk.index, 0, reply.attempt, kept, tuple(drops)))
 
 
 def build_pair(
-    doc: MarkdownDoc, reply: ChunkReply, question: str, answer: str, endpoint_model: str | None
+    doc: MarkdownDoc,
+    reply: ChunkReply,
+    qa: tuple[str, str],
+    scores: Scores,
+    endpoint_model: str | None,
 ) -> QAPair:
+    question, answer = qa
     return QAPair(
         id=text_id(doc.id, question, answer),
         page_id=doc.id,
@@ -958,6 +1141,8 @@ def build_pair(
         model=reply.result.model,
         prompt_version=PROMPT_VERSION,
         endpoint_model=endpoint_model,
+        grounding=round(scores.grounding, 4),
+        faithful=scores.faithful,
     )
 
 
@@ -987,11 +1172,16 @@ def add_points(out: Assembled, work: PageWork, reply: ChunkReply) -> None:
 
 
 def add_triple(
-    out: Assembled, work: PageWork, reply: TripleReply, p: SynthParams, dups: NearDuplicates
+    out: Assembled,
+    work: PageWork,
+    reply: TripleReply,
+    p: SynthParams,
+    dups: NearDuplicates,
+    judged: dict[Candidate, bool | None] | None = None,
 ) -> None:
+    """`judged` as add_qa's."""
     doc, chunk, result = work.doc, work.chunks[reply.chunk], reply.result
-    source = extract_content_words(chunk.document)
-    page = chunk.document if p.literal_grounding else None
+    screen = screen_chunk(chunk, p)
     before, drops = len(out.triples), []
     for parsed in parse_triple(result.text, result.finish_reason)[:1]:
         if parsed.problem:
@@ -999,17 +1189,22 @@ def add_triple(
             drops.append(out.drop("triples", parsed.problem, True, excl))
             continue
         prompt, chosen, rejected = parsed.fields
-        out.grounding.append(score_grounding(chosen, source))
-        reason = check_triple(prompt, chosen, rejected, source, p.min_grounding, page)
+        scores = Scores(score_grounding(chosen, screen.source))
+        out.grounding.append(scores.grounding)
+        reason = check_triple(prompt, chosen, rejected, screen.source, p.min_grounding, screen.page)
+        if reason is None:
+            candidate = Candidate(chunk.index, prompt, chosen)
+            faithful, reason = judge_candidate(out, judged, candidate)
+            scores = dataclasses.replace(scores, faithful=faithful)
         if reason is None and dups.add(prompt):
             reason = "near_duplicate"
         if reason:
             text = f"{reply.slot.kind.value}: {prompt} | {chosen} | {rejected}"
-            detail = describe_drop(reason, text, chosen, page)
+            detail = describe_drop(reason, text, chosen, screen.page)
             excl = exclusion(doc, reason, chunk.index, detail, reply.attempt)
             drops.append(out.drop("triples", reason, False, excl))
             continue
-        out.triples.append(build_triple(work, reply, parsed, out.endpoint_model))
+        out.triples.append(build_triple(work, reply, parsed, scores, out.endpoint_model))
     kept, slot = len(out.triples) - before, reply.slot.index
     out.verdicts.append(
         Verdict("triple", doc.id, chunk.index, slot, reply.attempt, kept, tuple(drops))
@@ -1017,7 +1212,7 @@ def add_triple(
 
 
 def build_triple(
-    work: PageWork, reply: TripleReply, parsed: Parsed, endpoint_model: str | None
+    work: PageWork, reply: TripleReply, parsed: Parsed, scores: Scores, endpoint_model: str | None
 ) -> PreferenceTriple:
     doc, slot = work.doc, reply.slot
     prompt, chosen, rejected = parsed.fields
@@ -1037,6 +1232,8 @@ def build_triple(
         model=reply.result.model,
         prompt_version=PROMPT_VERSION,
         endpoint_model=endpoint_model,
+        grounding=round(scores.grounding, 4),
+        faithful=scores.faithful,
     )
 
 
@@ -1076,12 +1273,13 @@ def add_attempt(
     out: Assembled, outcome: PageOutcome, attempt: int, params: SynthParams, dups: Duplicates
 ) -> None:
     work = outcome.work
+    judged = outcome.verdicts_by_candidate() if params.faithfulness_check else None
     for reply in (r for r in outcome.qa if r.attempt == attempt):
-        add_qa(out, work, reply, params, dups.qa)
+        add_qa(out, work, reply, params, dups.qa, judged)
     for reply in (r for r in outcome.points if r.attempt == attempt):
         add_points(out, work, reply)
     for triple in (t for t in outcome.triples if t.attempt == attempt):
-        add_triple(out, work, triple, params, dups.pref)
+        add_triple(out, work, triple, params, dups.pref, judged)
 
 
 def count_attempts(outcomes: Sequence[PageOutcome]) -> int:
@@ -1204,6 +1402,20 @@ def summarize_drops_by_attempt(verdicts: Sequence[Verdict]) -> dict[str, dict[st
     return {str(a + 1): dict(sorted(drops[a].items())) for a in sorted(drops)}
 
 
+def summarize_faithfulness(out: Assembled, s: Settings) -> dict[str, Any]:
+    """The judge's calls (made and replayed), its verdicts on the answers it was asked about
+    that the assembled output saw, and the answers those verdicts dropped."""
+    calls = [c for c in s.calls if c.kind == "judge"]
+    made = sum(c.made for c in calls)
+    dropped = sum(n for k, n in out.dropped.items() if k.split(".", 1)[1].startswith("judge_"))
+    return {
+        "check": s.params.faithfulness_check,
+        "calls": {"made": made, "reused": len(calls) - made},
+        "verdicts": {v: out.judged[v] for v in ("yes", "no", "unreadable")},
+        "dropped": dropped,
+    }
+
+
 def count_yield(works: Sequence[PageWork], out: Assembled) -> tuple[int, int]:
     """(kept, asked) as tasks/synth/yields.py defines them, over the pages that did not fail."""
     failed = {f["url"] for f in out.failed}
@@ -1252,6 +1464,7 @@ def summarize(
             if out.grounding
             else 0.0,
         },
+        "faithfulness": summarize_faithfulness(out, s),
         "cache_pruned": cache["pruned"],
         "cache": cache,
         # Entries that could not be read back, so were asked again (their paths are logged).

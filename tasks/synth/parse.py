@@ -106,3 +106,14 @@ def parse_points(text: str, finish_reason: str) -> list[Parsed]:
         if items:
             return [Parsed((item,), None, item) for item in items if item]
     return parse_tagged(text, ("POINT",), finish_reason)
+
+
+SUPPORTED_RE = re.compile(r'"supported"\s*:\s*"(yes|no)"', re.IGNORECASE)
+BARE_VERDICT_RE = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
+
+
+def parse_support(text: str) -> bool | None:
+    """The judge's verdict: True for yes, False for no, None when the reply says neither. A
+    server that does not enforce the schema may wrap the JSON in prose or answer a bare word."""
+    found = SUPPORTED_RE.search(text) or BARE_VERDICT_RE.search(text)
+    return found.group(1).lower() == "yes" if found else None

@@ -5,6 +5,11 @@ Each call's output format is a few tagged fields on one line (`<QUE> â€¦ <ANS> â
 that enforces one (llama.cpp's GBNF; vLLM's xgrammar reads the same EBNF) and a tolerant
 parser can still read it from a server that does not. Bump PROMPT_VERSION whenever a template
 or grammar changes meaning: it is part of every cache key, so old answers are not reused.
+
+The faithfulness judge (synth.faithfulness_check) asks whether the page supports an answer and
+replies under a JSON schema instead of a grammar, so a server enforces it in any structured mode
+(OpenAI's response_format when none is set). Its version is part of the judge's keys only:
+changing the judge leaves the generation calls' cache valid.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Literal
 from tasks.core.records import Competency, MarkdownDoc, TripleKind
 
 PROMPT_VERSION = "synth-v2"
+SUPPORT_VERSION = "support-v1"
 
 SYSTEM = "You are {persona}. You are an expert in {domain} and answer precisely."
 
@@ -77,6 +83,28 @@ sense on its own, without the page at hand.
 
 Write them on one line, exactly in this format:
 <QUE> question <GOOD> corrective answer <BAD> sycophantic answer <END>"""
+
+# The page comes first, as in every other call for the chunk, so the judge reuses the prefix
+# its generation calls left in the server's cache. The answer is shown without its citation:
+# the citation is the page's own URL, added by the stage, not something the model claimed.
+SUPPORT_TEMPLATE = """\
+Question: {question}
+Answer: {answer}
+
+Is this answer supported by the {product_version} documentation page above? Reply "yes" only \
+if everything the answer states is said on the page or follows directly from it. Reply "no" if \
+it states anything the page does not say, however plausible it sounds, or contradicts the page.
+
+Reply with JSON only: {{"supported": "yes"}} or {{"supported": "no"}}"""
+
+# Yes or no as a string enum rather than a boolean: small models pick a word more reliably.
+SUPPORT_SCHEMA: dict[str, object] = {
+    "title": "Support",
+    "type": "object",
+    "properties": {"supported": {"type": "string", "enum": ["yes", "no"]}},
+    "required": ["supported"],
+    "additionalProperties": False,
+}
 
 # page_first is the stage's order. page_last (the instructions, then the page: the order of
 # synth-v1) exists only so tasks/bench/synth.py can measure what the order is worth.
@@ -186,6 +214,14 @@ def render_triple_prompt(
         product_version=render_product_version(doc), point=point, style=STYLES[competency]
     )
     return join_prompt(render_page(doc, document), instructions, order)
+
+
+def render_support_prompt(doc: MarkdownDoc, document: str, question: str, answer: str) -> str:
+    """The judge's question: does the chunk support this answer to this question?"""
+    instructions = SUPPORT_TEMPLATE.format(
+        question=question, answer=answer, product_version=render_product_version(doc)
+    )
+    return join_prompt(render_page(doc, document), instructions, "page_first")
 
 
 def grammar_max_chars(max_pairs: int, max_points: int, answer_chars: int) -> int:

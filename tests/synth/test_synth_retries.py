@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tasks.core.documents import render_document
 from tasks.core.params import EndpointParams, PathsParams, SynthParams
-from tasks.core.records import MarkdownDoc, PreferenceTriple, QAPair
+from tasks.core.records import PreferenceTriple, QAPair
 from tasks.llm.client import build_client, check_endpoint
 from tasks.synth.generate import (
     SynthDirs,
@@ -25,25 +23,15 @@ from tests.support.fake_openai import Behaviour, FakeOpenAI, ok, serve_fake_open
 from tests.support.synth_fakes import (
     RecordingRunner,
     ScriptedClient,
+    call_kind,
     count_words,
-    document_of,
-    scripted_reply,
+    covering_reply,
+    page_of,
+    write_pages,
 )
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = SynthParams().endpoint.sampling.seed
-PAGES = {
-    "backup.html": (
-        "# Backup basics\n\n## Dumps\n\nThe pg_dump program writes a consistent snapshot of one "
-        "database to a script file.\n\n## Restores\n\nThe psql program replays a plain dump "
-        "script into an empty database created from template0."
-    ),
-    "vacuum.html": (
-        "# Routine vacuuming\n\n## Dead tuples\n\nAutovacuum reclaims the storage occupied by "
-        "dead row versions that updates and deletes leave behind.\n\n## Wraparound\n\nFreezing "
-        "old transaction identifiers prevents the wraparound of the transaction counter."
-    ),
-}
 # Replies a filter or parser drops: a copied placeholder and a pair without its answer, a
 # point without text, a triple whose answers are the same.
 JUNK = {
@@ -53,53 +41,10 @@ JUNK = {
 }
 
 
-def write_pages(md_dir: Path) -> None:
-    md_dir.mkdir(parents=True)
-    rows = []
-    for order, (name, body) in enumerate(PAGES.items()):
-        url = f"https://docs.example.org/15/{name}"
-        doc = MarkdownDoc(
-            id=name.split(".")[0], url=url, title=name, product="PostgreSQL", version="15.4",
-            sha="0" * 64, order=order,
-        )  # fmt: skip
-        (md_dir / f"{doc.id}.md").write_text(render_document(doc, body))
-        rows.append({"id": doc.id, "url": url})
-    (md_dir / "index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
 @pytest.fixture
 def dirs(tmp_path: Path) -> SynthDirs:
     write_pages(tmp_path / "md")
     return SynthDirs(tmp_path / "md", tmp_path / "qa", tmp_path / "pref", tmp_path / "cache")
-
-
-def call_kind(user: str) -> str:
-    return "qa" if "<QUE> question <ANS>" in user else "points" if "<POINT>" in user else "triple"
-
-
-def covering_reply(messages: list[dict[str, str]]) -> str:
-    """A reply every filter keeps: a Q/A pair per section of the page (so every section is
-    covered), its main point, a good or a false-premise triple about that point."""
-    user = messages[-1]["content"]
-    kind = call_kind(user)
-    if kind == "points":
-        return scripted_reply(messages)
-    if kind == "qa":
-        cite = re.search(r"End every answer with the citation (.+)", user).group(1)  # type: ignore[union-attr]
-        sections = document_of(messages).split("\n\n## ")
-        lines = [s.lstrip("# ").split("\n\n")[-1].rstrip(".") for s in sections]
-        return "".join(f"<QUE> Why is it that {a}? <ANS> {a}. {cite} <END>\n" for a in lines)
-    point = user.split("Main point: ", 1)[1].split("\n", 1)[0]
-    if "sycophantic" in user:
-        return (
-            f"<QUE> Why does PostgreSQL refuse the rule that {point}? <GOOD> It does not "
-            f"refuse it: {point} <BAD> Because that rule was dropped long ago. <END>"
-        )
-    return f"<QUE> Is it true that {point} <GOOD> {point} <BAD> No, never. <END>"
-
-
-def page_of(user: str) -> str:
-    return next(name for name in PAGES if f"/15/{name}" in user)
 
 
 def junk_then_good(body: dict[str, Any]) -> Behaviour:

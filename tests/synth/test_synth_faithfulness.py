@@ -1,0 +1,171 @@
+"""synth.faithfulness_check: the endpoint's model judges whether each answer the other filters
+keep is supported by its page chunk. Through the real openai SDK against the fake HTTP server
+(the schema on the wire, a no asked again) and with the scripted client (off, on after an off
+run, an unreadable verdict), on the two small hand-made pages."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tasks.core.params import EndpointParams, SynthParams
+from tasks.core.records import PreferenceTriple, QAPair
+from tasks.llm.client import build_client, check_endpoint
+from tasks.synth.generate import SynthDirs, run_synth
+from tasks.synth.parse import parse_support
+from tasks.synth.prompts import SUPPORT_SCHEMA
+from tests.support.fake_openai import Behaviour, FakeOpenAI, ok, serve_fake_openai
+from tests.support.synth_fakes import (
+    ScriptedClient,
+    call_kind,
+    count_words,
+    covering_reply,
+    is_judge_prompt,
+    judged_answer,
+    page_of,
+    write_pages,
+)
+
+SEED = SynthParams().endpoint.sampling.seed
+JUDGING = SynthParams(faithfulness_check=True)
+# Fluent, made of the page's own words (so word overlap keeps it), and wrong: the page says
+# pg_dump writes the snapshot and psql replays it.
+SWAPPED = "The psql program writes a consistent snapshot of one database to a script file."
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> SynthDirs:
+    write_pages(tmp_path / "md")
+    return SynthDirs(tmp_path / "md", tmp_path / "qa", tmp_path / "pref", tmp_path / "cache")
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def swapped_then_covering(body: dict[str, Any]) -> Behaviour:
+    """backup.html's first Q/A reply is the swapped fact, which the judge rejects; every other
+    reply, and that call's second attempt, is one every filter keeps."""
+    messages, user = body["messages"], body["messages"][-1]["content"]
+    kind = call_kind(user)
+    if kind == "judge":
+        unsupported = "psql program writes" in judged_answer(messages)
+        return ok(json.dumps({"supported": "no" if unsupported else "yes"}))
+    if kind == "qa" and body["seed"] == SEED and page_of(user) == "backup.html":
+        cite = user.split("End every answer with the citation ", 1)[1].split("\n", 1)[0]
+        question = "Which program writes a consistent snapshot of one database?"
+        return ok(f"<QUE> {question} <ANS> {SWAPPED} {cite} <END>\n")
+    return ok(covering_reply(messages))
+
+
+async def run_through(fake: FakeOpenAI, dirs: SynthDirs, params: SynthParams) -> Any:
+    async with build_client(params.endpoint, params.structured) as client:
+        served = await check_endpoint(client)
+        return await run_synth(client, dirs, params, count_words, endpoint_model=served)
+
+
+def test_a_judged_no_is_dropped_asked_again_and_replayed_without_calls(dirs: SynthDirs) -> None:
+    with serve_fake_openai() as fake:
+        fake.responder = swapped_then_covering
+        endpoint = EndpointParams(base_url=fake.base_url, model=fake.model)
+        params = JUDGING.model_copy(update={"endpoint": endpoint})
+        report = asyncio.run(run_through(fake, dirs, params))
+        calls = len(fake.chat_requests)
+        again = asyncio.run(run_through(fake, dirs, params))
+        assert len(fake.chat_requests) == calls  # verdicts replay from the cache too
+
+    judge_bodies = [
+        b for b in fake.chat_bodies if call_kind(b["messages"][-1]["content"]) == "judge"
+    ]
+    # The schema travels as llama.cpp's json_schema (structured: gbnf), decoded greedily.
+    assert judge_bodies and all(b["json_schema"] == SUPPORT_SCHEMA for b in judge_bodies)
+    assert all(b["temperature"] == 0.0 and "grammar" not in b for b in judge_bodies)
+    assert report["dropped_by_reason"] == {"qa.judge_unsupported": 1}
+    assert report["attempts"]["qa"] == {"1": 2, "2": 1}  # backup.html's Q/A asked again
+    # Every answer the other filters kept was judged once; all but the swapped fact supported.
+    faith = report["faithfulness"]
+    assert faith["check"] is True and faith["dropped"] == 1
+    assert faith["verdicts"] == {"yes": len(judge_bodies) - 1, "no": 1, "unreadable": 0}
+    assert faith["calls"] == {"made": len(judge_bodies), "reused": 0}
+    assert report["calls"]["made"] == calls
+    assert report["coverage"]["sections"]["share"] == 1.0
+    assert again["calls"] == {"made": 0, "reused": calls, "failed": 0}
+    assert again["faithfulness"]["calls"] == {"made": 0, "reused": len(judge_bodies)}
+    assert again["faithfulness"]["verdicts"] == faith["verdicts"]
+
+    pairs = [QAPair.model_validate(r) for r in read_rows(dirs.qa / "pairs.jsonl")]
+    triples = [PreferenceTriple.model_validate(r) for r in read_rows(dirs.pref / "triples.jsonl")]
+    assert pairs and triples and not any(SWAPPED in p.answer for p in pairs)
+    for record in [*pairs, *triples]:
+        assert record.faithful is True
+        assert record.grounding is not None and record.grounding >= params.min_grounding
+    dropped = read_rows(dirs.qa / "exclusions.jsonl")
+    assert [r["reason"] for r in dropped] == ["judge_unsupported"]
+    assert SWAPPED in dropped[0]["detail"]
+
+
+def test_off_asks_no_judge_and_records_only_the_overlap_score(dirs: SynthDirs) -> None:
+    client = ScriptedClient(reply=covering_reply)
+    report = asyncio.run(run_synth(client, dirs, SynthParams(), count_words))
+    assert not any(is_judge_prompt(m) for m in client.prompts)
+    assert client.schemas == [None] * len(client.prompts)
+    assert report["faithfulness"] == {
+        "check": False,
+        "calls": {"made": 0, "reused": 0},
+        "verdicts": {"yes": 0, "no": 0, "unreadable": 0},
+        "dropped": 0,
+    }
+    for row in [*read_rows(dirs.qa / "pairs.jsonl"), *read_rows(dirs.pref / "triples.jsonl")]:
+        assert row["faithful"] is None and 0 < row["grounding"] <= 1
+
+
+def test_turning_it_on_keeps_every_reply_and_asks_only_the_judge(dirs: SynthDirs) -> None:
+    off = asyncio.run(
+        run_synth(ScriptedClient(reply=covering_reply), dirs, SynthParams(), count_words)
+    )
+
+    client = ScriptedClient(reply=covering_reply)
+    on = asyncio.run(run_synth(client, dirs, JUDGING, count_words))
+    assert client.prompts and all(is_judge_prompt(m) for m in client.prompts)
+    assert client.schemas == [SUPPORT_SCHEMA] * len(client.prompts)
+    # One verdict per kept answer, each asked once.
+    assert len(client.prompts) == off["pairs"] + off["triples"]
+    assert len({m[-1]["content"] for m in client.prompts}) == len(client.prompts)
+    assert on["calls"]["reused"] == off["calls"]["made"]
+    assert (on["pairs"], on["triples"]) == (off["pairs"], off["triples"])
+
+    rerun = ScriptedClient(reply=covering_reply)
+    asyncio.run(run_synth(rerun, dirs, JUDGING, count_words))
+    assert rerun.prompts == []
+
+
+def test_an_unreadable_verdict_drops_the_answer(dirs: SynthDirs) -> None:
+    def reply(messages: list[dict[str, str]]) -> str:
+        return "I think so." if is_judge_prompt(messages) else covering_reply(messages)
+
+    report = asyncio.run(run_synth(ScriptedClient(reply=reply), dirs, JUDGING, count_words))
+    assert report["pairs"] == report["triples"] == 0
+    faith = report["faithfulness"]
+    assert faith["verdicts"]["yes"] == faith["verdicts"]["no"] == 0
+    assert faith["verdicts"]["unreadable"] == faith["dropped"] > 0
+    assert set(report["dropped_by_reason"]) == {"qa.judge_unreadable", "triples.judge_unreadable"}
+
+
+@pytest.mark.parametrize(
+    ("text", "verdict"),
+    [
+        ('{"supported": "yes"}', True),
+        ('{"supported":"no"}', False),
+        ('Sure: ```json\n{"supported": "NO"}\n```', False),
+        ("Yes, the page says so.", True),
+        ("no", False),
+        ("I think so.", None),
+        ('{"supported": "maybe"}', None),
+    ],
+)
+def test_parse_support(text: str, verdict: bool | None) -> None:
+    assert parse_support(text) is verdict
