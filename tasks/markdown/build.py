@@ -70,8 +70,9 @@ def read_manifest_pages(raw_dir: Path) -> list[ManifestEntry]:
 
 
 def fingerprint_converter(params: MarkdownParams) -> str:
-    """Changes when the params or the conversion code change, so outputs never go stale."""
-    h = hashlib.sha256(params.model_dump_json().encode())
+    """Changes when the params or the conversion code change, so outputs never go stale; not
+    with the number of workers, which changes where a page is converted, not how."""
+    h = hashlib.sha256(params.model_dump_json(exclude={"workers"}).encode())
     for module in (extract, template, convert, encoding, documents):
         h.update(Path(module.__file__ or "").read_bytes())
     h.update(markdownify.__version__.encode() if hasattr(markdownify, "__version__") else b"")

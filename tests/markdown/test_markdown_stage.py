@@ -59,6 +59,10 @@ def test_only_changed_pages_are_converted_again(tmp_path: Path, tokenizer_cache:
     again = build_markdown(raw, md, PARAMS, tokenizer_cache)
     assert (again["converted"], again["reused"]) == (0, 4)
     assert snapshot(md) == before
+    # the worker count changes where pages are converted, not how: nothing is redone
+    workers = PARAMS.model_copy(update={"workers": PARAMS.workers + 1})
+    assert build_markdown(raw, md, workers, tokenizer_cache)["converted"] == 0
+    assert snapshot(md) == before
 
     page = site / "backup-file.html"
     page.write_bytes(page.read_bytes().replace(b"file system", b"filesystem"))
