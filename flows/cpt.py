@@ -41,6 +41,8 @@ from tasks.cpt.config import (
 )
 from tasks.cpt.launch import (
     check_phase_inputs,
+    find_stale_build_locks,
+    find_torch_extensions_dir,
     prepare_checkpoint_dir,
     read_input_hashes,
     read_step_log,
@@ -72,7 +74,16 @@ def train(spec: RunSpec, params: CptParams) -> dict[str, Any]:
     env = render_launch_env(
         os.environ, params, cuda=torch.cuda.is_available(), cores=os.cpu_count() or 1
     )
-    code, tail = stream_process(command, env, get_run_logger().info)
+    logger = get_run_logger()
+    for lock in find_stale_build_locks(find_torch_extensions_dir(env)):
+        minutes = (time.time() - lock.stat().st_mtime) / 60
+        logger.warning(
+            "%s is %.0f minutes old: a build killed part-way leaves it, and the trainer then "
+            "waits on it for ever; if no compiler is running, delete it",
+            lock,
+            minutes,
+        )
+    code, tail = stream_process(command, env, logger.info)
     if code != 0:
         last = "\n".join(tail[-15:])
         raise RuntimeError(f"the cpt trainer exited with code {code}; its last lines:\n{last}")

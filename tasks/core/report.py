@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -49,7 +50,9 @@ def publish_report(stage: str, report: dict[str, Any], timeout_s: float = 30.0) 
 
     def publish() -> None:
         create_markdown_artifact(
-            key=f"{stage}-report", markdown=render_report_table(stage, report), description=stage
+            key=render_artifact_key(stage),
+            markdown=render_report_table(stage, report),
+            description=stage,
         )
 
     # A daemon thread: a hung call must not keep the finished stage's process alive. It runs in
@@ -68,6 +71,12 @@ def publish_report(stage: str, report: dict[str, Any], timeout_s: float = 30.0) 
             str(why)[:300],
         )
         return False
+
+
+def render_artifact_key(stage: str) -> str:
+    """The report's artifact key: Prefect takes only lowercase letters, digits and dashes, and
+    report names such as cpt_short have an underscore."""
+    return re.sub(r"[^a-z0-9]+", "-", stage.lower()).strip("-") + "-report"
 
 
 def run_into(call: Callable[[], None], done: Future[None]) -> None:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,28 @@ from tasks.cpt.config import (
 )
 
 STEP_COLUMNS = ("step", "loss", "lr", "grad_norm", "tokens_per_s", "memory_mb")
+# A first build of DeepSpeed's CPU op takes about a minute, ten on a loaded machine.
+STALE_BUILD_LOCK_S = 20 * 60
+
+
+def find_torch_extensions_dir(env: dict[str, str] | os._Environ[str]) -> Path:
+    """Where torch builds C++ extensions (DeepSpeed's ops, on first use): TORCH_EXTENSIONS_DIR,
+    else torch_extensions in the user's cache folder."""
+    if env.get("TORCH_EXTENSIONS_DIR"):
+        return Path(env["TORCH_EXTENSIONS_DIR"])
+    cache = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "torch_extensions"
+
+
+def find_stale_build_locks(
+    root: Path, older_than_s: float = STALE_BUILD_LOCK_S, now: float | None = None
+) -> list[Path]:
+    """Build locks older than `older_than_s`. A build killed part-way leaves its lock behind, and
+    torch then waits on it forever, with no message, in every later run."""
+    now = time.time() if now is None else now
+    # <root>/<op>/lock with TORCH_EXTENSIONS_DIR set, <root>/py311_cpu/<op>/lock by default
+    locks = [*root.glob("*/lock"), *root.glob("*/*/lock")] if root.is_dir() else []
+    return sorted(p for p in locks if now - p.stat().st_mtime > older_than_s)
 
 
 def check_phase_inputs(spec: RunSpec) -> None:

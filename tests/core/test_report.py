@@ -51,7 +51,7 @@ def test_the_report_is_attached_to_the_stages_flow_run(prefect_harness: None) ->
 
     @flow(name="report-test")
     def stage() -> bool:
-        return publish_report("report-test", {"pages": 2})
+        return publish_report("report_test", {"pages": 2})  # as cpt_short: an underscore
 
     state = stage(return_state=True)
     assert state.result() is True
