@@ -20,7 +20,7 @@ import hashlib
 import importlib.util
 import json
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -135,14 +135,29 @@ def page_draw(page_id: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def split_pages(page_ids: Sequence[str], fraction: float, seed: int) -> set[str]:
+def split_pages(
+    page_ids: Sequence[str], fraction: float, seed: int, with_items: Collection[str] = ()
+) -> set[str]:
     """The held-out page ids: those whose draw falls under `fraction`, and at least one page
-    when fraction > 0 and there are two or more (a small site still gets an eval set)."""
+    when fraction > 0 and there are two or more (a small site still gets an eval set).
+
+    `with_items`: the pages synth kept Q/A pairs or triples for. When none of the held-out
+    pages is among them and two or more are, the one with the lowest draw is held out too (it
+    replaces the one-page fallback), so the held-out pages have questions to measure with while
+    a page with questions still trains. On a site of more than a few dozen pages the draw alone
+    holds out pages with questions and this never applies."""
     if fraction <= 0:
         return set()
     held = {p for p in page_ids if page_draw(p, seed) < fraction}
-    if not held and len(page_ids) >= 2:
+    fallback = not held
+    if fallback and len(page_ids) >= 2:
         held = {min(page_ids, key=lambda p: page_draw(p, seed))}
+    candidates = [p for p in page_ids if p in with_items]
+    if held and len(candidates) >= 2 and not held & set(candidates):
+        chosen = min(candidates, key=lambda p: page_draw(p, seed))
+        held = {chosen} if fallback else held | {chosen}
+        if len(held) >= len(page_ids):  # every page held out: the drawn ones stay
+            held -= {chosen}
     return held
 
 
@@ -601,7 +616,10 @@ def build_datasets(
     """Every set of the stage, written; returns the report (without wall time)."""
     pairs, triples = read_synth_outputs(dirs.qa, dirs.pref)
     pages = attach_generated(read_pages(dirs.markdown), pairs, triples)
-    held_ids = split_pages([p.doc.id for p in pages], params.eval_fraction, params.split_seed)
+    with_items = {p.doc.id for p in pages if p.pairs or p.triples}
+    page_ids = [p.doc.id for p in pages]
+    held_ids = split_pages(page_ids, params.eval_fraction, params.split_seed, with_items)
+    drawn_ids = split_pages(page_ids, params.eval_fraction, params.split_seed)
     dropped = Dropped()
     pages = scrub_pages(pages, params, dropped)
     held, train = drop_near_duplicates(
@@ -623,6 +641,8 @@ def build_datasets(
             "eval_fraction": params.eval_fraction,
             "probe_fraction": params.probe_fraction,
             "seed": params.split_seed,
+            "held_out_with_items": len(held_ids & with_items),
+            "held_out_for_items": sorted(held_ids - drawn_ids),
         },
         "cpt": summarize_corpus(corpus, params),
     }

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from tasks.core.io import read_jsonl, write_jsonl_atomic
 from tasks.core.packed import PAD_DOC, read_phase_meta, read_phase_rows
 from tasks.core.params import DatasetsParams, ParamsError, load_params
-from tasks.core.records import DOMAIN_PREF
-from tasks.datasets.build import interleave, split_pages
+from tasks.core.records import DOMAIN_PREF, TripleKind
+from tasks.datasets.build import interleave, page_draw, split_pages
 from tests.support.datasets_inputs import (
     MIX,
     PHASES,
@@ -92,6 +92,58 @@ def test_split_is_stable_when_pages_are_added() -> None:
     after = split_pages(ids, 0.2, 7)
     assert before == {i for i in after if i in ids[:100]}
     assert 20 <= len(after) <= 60
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n_pages=st.integers(1, 40),
+    fraction=st.sampled_from([0.05, 0.15, 0.3]),
+    seed=st.integers(0, 1000),
+    data=st.data(),
+)
+def test_held_out_pages_have_questions_whenever_two_pages_have_them(
+    n_pages: int, fraction: float, seed: int, data: st.DataObject
+) -> None:
+    ids = [f"{n:016x}" for n in range(n_pages)]
+    with_items = set(data.draw(st.lists(st.sampled_from(ids), unique=True)))
+    drawn = split_pages(ids, fraction, seed)
+    held = split_pages(ids, fraction, seed, with_items)
+    if len(ids) >= 2:
+        assert held  # a small site still gets an eval set
+    if len(drawn) < len(ids):
+        assert len(held) < len(ids)  # and something still trains
+    if len(with_items) >= 2 and len(drawn) < len(ids) - 1:
+        assert held & with_items  # the held-out pages can be asked about
+        if not drawn & with_items:
+            assert len(with_items - held) >= 1  # and a page with questions still trains
+    if with_items in (set(), set(ids)) or drawn & with_items:
+        assert held == drawn  # the draw alone decides whenever it already can
+    elif held != drawn:
+        assert len(held - drawn) == 1  # one page with questions, chosen by its draw
+    if any(page_draw(i, seed) < fraction for i in ids):
+        assert drawn <= held  # drawn pages stay held out; only the one-page fallback moves
+
+
+def test_a_small_sites_held_out_page_is_one_with_questions(tmp_path: Path) -> None:
+    ids = [f"{n:016x}" for n in range(7)]
+    seed = next(s for s in range(1000) if min(page_draw(i, s) for i in ids) >= 0.15)
+    fallback = min(ids, key=lambda i: page_draw(i, seed))
+    silent = {fallback, *sorted(ids, key=lambda i: page_draw(i, seed))[1:3]}
+    dirs = write_inputs(tmp_path, [page_body(n) for n in range(7)])
+    for name in ("qa/pairs.jsonl", "pref/triples.jsonl"):
+        path = tmp_path / name
+        rows = [r for r in read_jsonl(path) if r["page_id"] not in silent]
+        write_jsonl_atomic(path, rows)
+    report = build(dirs, eval_fraction=0.15, split_seed=seed, probe_fraction=0.0)
+    chosen = min(set(ids) - silent, key=lambda i: page_draw(i, seed))
+    held = [p["id"] for p in read_jsonl(dirs.eval / "pages.jsonl")]
+    assert held == [chosen]
+    assert report["split"]["held_out_for_items"] == [chosen]
+    assert report["split"]["held_out_with_items"] == 1
+    assert report["eval"]["pairs"] == 2 and report["eval"]["triples"] == len(TripleKind)
+    assert f"p{int(chosen, 16)}w" not in training_text(dirs)
+    trained = {d["id"] for d in read_jsonl(dirs.cpt / "documents.jsonl")}
+    assert trained == set(ids) - {chosen}  # the page without questions trains
 
 
 def test_training_page_duplicating_a_held_out_page_goes_with_its_qa(tmp_path: Path) -> None:
