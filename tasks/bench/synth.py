@@ -27,7 +27,11 @@ blur what is measured): one endpoint, two endpoints (goal: >= 1.8x the calls per
 and two endpoints of which one is killed part-way through the run (goal: every page written).
 Each side starts from an empty cache and fresh endpoints.
 
-    python -m tasks.bench.synth [--measure endpoints prompt_order throughput] [--max-pages 3]
+The prompt_order_all_pages section compares the old order with the stage's alone, on every
+page of the markdown folder (the demo's 7) rather than the first --max-pages.
+
+    python -m tasks.bench.synth [--measure endpoints prompt_order prompt_order_all_pages
+                                 throughput] [--max-pages 3]
 
 Sections not measured in a run are kept from the --out file.
 """
@@ -234,8 +238,10 @@ def summarize_order_run(report: dict[str, Any], wall_s: float) -> dict[str, Any]
     }
 
 
-def measure_prompt_orders(params: SynthParams, md_dir: Path, save: Save) -> dict[str, Any]:
-    """One stage run per entry of ORDERS, each against a fresh server, one attempt per call;
+def measure_prompt_orders(
+    params: SynthParams, md_dir: Path, save: Save, orders: dict[str, CallOrder] = ORDERS
+) -> dict[str, Any]:
+    """One stage run per entry of `orders`, each against a fresh server, one attempt per call;
     `save` gets the section after every side (a side takes minutes on a busy machine)."""
     # No timeouts: a call asked again after one finds its prompt cached by the attempt it
     # replaces, which would flatter whichever side the machine's load slowed down most.
@@ -244,7 +250,7 @@ def measure_prompt_orders(params: SynthParams, md_dir: Path, save: Save) -> dict
     sides: dict[str, Any] = {}
     section = describe_order_runs(params, sides)
     with tempfile.TemporaryDirectory() as tmp:
-        for name, order in ORDERS.items():
+        for name, order in orders.items():
             load_before = read_load()
             with fresh_server(once) as served:
                 started = time.perf_counter()
@@ -254,6 +260,15 @@ def measure_prompt_orders(params: SynthParams, md_dir: Path, save: Save) -> dict
             sides[name]["load_before"], sides[name]["load_after"] = load_before, read_load()
             save(section)
     return section
+
+
+def measure_prompt_order_all_pages(params: SynthParams, md_dir: Path, save: Save) -> dict[str, Any]:
+    """The old order against the stage's on every page in `md_dir` (the demo's whole chapter),
+    not the first --max-pages: the two sides only, as each takes minutes."""
+    every_page = params.model_copy(update={"max_pages": None})
+    sides = {name: ORDERS[name] for name in ("page_last", "page_first")}
+    section = measure_prompt_orders(every_page, md_dir, save, sides)
+    return {**section, "pages": len(read_page_files(md_dir))}
 
 
 def describe_order_runs(params: SynthParams, sides: dict[str, Any]) -> dict[str, Any]:
@@ -433,6 +448,7 @@ def main(argv: list[str] | None = None) -> None:
 SECTIONS = {
     "endpoints": measure_endpoints,
     "prompt_order": measure_prompt_orders,
+    "prompt_order_all_pages": measure_prompt_order_all_pages,
     "throughput": run_benchmark,
 }
 

@@ -31,7 +31,7 @@ def test_sections_not_measured_are_kept_and_an_old_flat_file_is_its_throughput(
 
 
 def test_the_endpoints_section_is_measured_by_default() -> None:
-    assert set(SECTIONS) == {"endpoints", "prompt_order", "throughput"}
+    assert set(SECTIONS) == {"endpoints", "prompt_order", "prompt_order_all_pages", "throughput"}
 
 
 def test_the_fake_endpoint_serves_the_model_until_killed() -> None:
