@@ -5,7 +5,9 @@ Run with `dvc repro datasets` (or `python -m flows.datasets`). Reads params `dat
 tokenizer (models/base). Writes data/eval (held-out pages with their Q/A and triples),
 data/cpt (documents.jsonl, and per phase Parquet shards of packed rows with document
 boundaries), data/sft and data/orpo (LlamaFactory sets + dataset_info.json), an
-exclusions.jsonl in each, and reports/datasets.json.
+exclusions.jsonl in each, and reports/datasets.json. Pages' MinHash signatures and tokens are
+computed in this process, or in batches on the Dask cluster named by params `cluster.address`
+(same outputs, byte for byte).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import Any
 from prefect import flow, task
 
 from flows import run_name
+from tasks.core.cluster import require_scheduler
 from tasks.core.params import (
+    ClusterParams,
     CompetencyMix,
     DatasetsParams,
     PathsParams,
@@ -29,14 +33,23 @@ from tasks.datasets.build import DatasetDirs, build_datasets, load_base_tokenize
 
 @task(name="build-datasets")
 def build(
-    dirs: DatasetDirs, params: DatasetsParams, phases: list[PhaseParams], mix: CompetencyMix
+    dirs: DatasetDirs,
+    params: DatasetsParams,
+    phases: list[PhaseParams],
+    mix: CompetencyMix,
+    cluster: ClusterParams,
 ) -> dict[str, Any]:
-    return build_datasets(dirs, params, phases, mix, load_base_tokenizer(dirs.base_model))
+    tokenizer = load_base_tokenizer(dirs.base_model)
+    return build_datasets(dirs, params, phases, mix, tokenizer, cluster)
 
 
 @flow(name="datasets", flow_run_name=run_name("datasets"))
 def datasets_flow(
-    paths: PathsParams, params: DatasetsParams, phases: list[PhaseParams], mix: CompetencyMix
+    paths: PathsParams,
+    params: DatasetsParams,
+    phases: list[PhaseParams],
+    mix: CompetencyMix,
+    cluster: ClusterParams | None = None,
 ) -> dict[str, Any]:
     """Split, clean and pack the documents and synthetic data into the training sets."""
     started = time.monotonic()
@@ -50,10 +63,17 @@ def datasets_flow(
         paths.sft,
         paths.orpo,
     )
-    report = build(dirs, params, phases, mix)
+    report = build(dirs, params, phases, mix, cluster or ClusterParams())
     return finish_report(paths.reports, "datasets", report, started)
 
 
 if __name__ == "__main__":
     params = load_stage_params()
-    datasets_flow(params.paths, params.datasets, params.cpt.phases, params.synth.competency_mix)
+    require_scheduler(params.cluster)
+    datasets_flow(
+        params.paths,
+        params.datasets,
+        params.cpt.phases,
+        params.synth.competency_mix,
+        params.cluster,
+    )

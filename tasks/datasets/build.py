@@ -12,6 +12,13 @@ Order of work, and why:
    in the `<QUE> … <ANS> … <END>` form; site order or a nearest-neighbour chain; general-domain
    text mixed in evenly; tokenized with the base model's tokenizer and packed per phase.
 5. SFT and preference sets in LlamaFactory's layout (tasks.datasets.chat_sets).
+
+The per-page work that costs CPU, each page's MinHash signature (3) and tokens (4), runs here
+or, with `cluster.address` set, in batches on a Dask cluster (tasks.core.cluster): the batches
+carry page texts and bring back signatures and token ids, and the MinHash settings and the
+tokenizer go to each worker once. Everything that needs all pages at once stays here: the
+split, PII scrub, LSH banding and matching of the signatures, the embedding order, packing and
+writing. Signatures and tokens are the same either way, so the outputs are the same bytes.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import pickle
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,10 +35,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from tasks.core.cluster import run_batches, split_batches
 from tasks.core.documents import read_pages
 from tasks.core.io import read_jsonl, replace_folder, write_json_atomic, write_jsonl_atomic
 from tasks.core.packed import PhaseMeta, write_phase
-from tasks.core.params import CompetencyMix, DatasetsParams, PhaseParams
+from tasks.core.params import ClusterParams, CompetencyMix, DatasetsParams, PhaseParams
 from tasks.core.records import (
     DOMAIN_PREF,
     DOMAIN_SFT,
@@ -55,11 +64,13 @@ from tasks.datasets.chat_sets import (
     sft_info,
     summarize_competencies,
 )
-from tasks.datasets.dedup import find_near_duplicates
+from tasks.datasets.dedup import Signature, compute_signature, match_signatures
 from tasks.datasets.packing import pack_documents
 from tasks.datasets.pii import scrub_pii
 
 Encode = Callable[[list[str]], list[list[int]]]
+S = TypeVar("S")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -240,8 +251,33 @@ def format_counts(counts: Counter[str]) -> str:
 # 3. Near duplicates
 
 
+def run_on_cluster(
+    work: Callable[[S, list[str]], list[T]], setup: S, texts: list[str], cluster: ClusterParams
+) -> list[T]:
+    """`work(setup, batch)` over the texts in batches of `cluster.batch_pages` on the Dask
+    cluster; the results in the texts' order."""
+    results: list[T] = []
+    run_batches(work, setup, split_batches(texts, cluster.batch_pages), cluster, results.extend)
+    return results
+
+
+def sign_batch(setup: int, pages: list[str]) -> list[Signature]:
+    """The texts' MinHash signatures with `setup` permutations (derived once per process)."""
+    return [compute_signature(text, num_perm=setup) for text in pages]
+
+
+def sign_pages(texts: list[str], num_perm: int, cluster: ClusterParams) -> list[Signature]:
+    if cluster.address:
+        return run_on_cluster(sign_batch, num_perm, texts, cluster)
+    return sign_batch(num_perm, texts)
+
+
 def drop_near_duplicates(
-    held: list[Page], train: list[Page], params: DatasetsParams, dropped: Dropped
+    held: list[Page],
+    train: list[Page],
+    params: DatasetsParams,
+    dropped: Dropped,
+    cluster: ClusterParams,
 ) -> tuple[list[Page], list[Page]]:
     """Held-out pages first, so the earlier page of a duplicate pair is the held-out one.
 
@@ -250,11 +286,9 @@ def drop_near_duplicates(
     corpus (its text is there already; its Q/A are questions of their own). A held-out page
     duplicating another leaves the eval set."""
     pages = held + train
-    found = find_near_duplicates(
-        [p.body for p in pages],
-        params.near_duplicate_threshold,
-        num_perm=params.minhash_permutations,
-    )
+    num_perm = params.minhash_permutations
+    signatures = sign_pages([p.body for p in pages], num_perm, cluster)
+    found = match_signatures(signatures, params.near_duplicate_threshold, num_perm)
     gone = set()
     for dup in found:
         page, of = pages[dup.index], pages[dup.of]
@@ -391,7 +425,9 @@ def build_corpus(
 ) -> Corpus:
     train = [p for p in train if p.in_cpt]
     texts = [render_page_text(p) for p in train]
-    token_lists = encode(texts)
+    # One call for pages and general text: on a cluster, one round of batches.
+    encoded = encode(texts + general)
+    token_lists, general_tokens = encoded[: len(texts)], encoded[len(texts) :]
     docs = [
         CptDocument(
             id=p.doc.id,
@@ -404,7 +440,6 @@ def build_corpus(
         for p, t in zip(train, token_lists, strict=True)
     ]
     if general:
-        general_tokens = encode(general)
         n = take_general(
             general,
             [len(t) for t in general_tokens],
@@ -463,6 +498,17 @@ class TokenizerInfo:
     encode: Encode
 
 
+@dataclass(frozen=True)
+class EncodeWithTransformers:
+    """A transformers tokenizer's ids for each text, without special tokens; a callable that
+    pickles (a closure would not), so that it can be sent to cluster workers."""
+
+    tokenizer: Any
+
+    def __call__(self, texts: list[str]) -> list[list[int]]:
+        return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
 def load_base_tokenizer(model_dir: Path) -> TokenizerInfo:
     """The base model's own tokenizer (models/base), with its EOS as document separator."""
     if not (model_dir / "tokenizer_config.json").is_file():
@@ -473,11 +519,44 @@ def load_base_tokenizer(model_dir: Path) -> TokenizerInfo:
     if tok.eos_token_id is None:
         raise ValueError(f"{model_dir}: the tokenizer has no EOS token to separate documents")
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return TokenizerInfo(
+        str(model_dir), int(tok.eos_token_id), int(pad), EncodeWithTransformers(tok)
+    )
 
-    def encode(texts: list[str]) -> list[list[int]]:
-        return [list(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
 
-    return TokenizerInfo(str(model_dir), int(tok.eos_token_id), int(pad), encode)
+@dataclass(frozen=True)
+class EncodeSetup:
+    """The encode function pickled, with a digest to know it by: a worker unpickles it once,
+    not once per batch (SmolLM2's tokenizer: 1.5 MB, about 0.15 s to unpickle)."""
+
+    encode: bytes
+    digest: str
+
+
+def pickle_encode(encode: Encode) -> EncodeSetup:
+    blob = pickle.dumps(encode)
+    return EncodeSetup(blob, hashlib.sha256(blob).hexdigest())
+
+
+_encoders: dict[str, Encode] = {}
+
+
+def encode_batch(setup: EncodeSetup, pages: list[str]) -> list[list[int]]:
+    """The texts' token ids (on a cluster worker)."""
+    encode = _encoders.get(setup.digest)
+    if encode is None:
+        encode = pickle.loads(setup.encode)
+        _encoders.clear()  # a long-lived worker keeps only the latest tokenizer
+        _encoders[setup.digest] = encode
+    return encode(pages)
+
+
+def choose_encode(tokenizer: TokenizerInfo, cluster: ClusterParams) -> Encode:
+    """The tokenizer's own encode, or one that sends the texts to the Dask cluster."""
+    if not cluster.address:
+        return tokenizer.encode
+    setup = pickle_encode(tokenizer.encode)
+    return lambda texts: run_on_cluster(encode_batch, setup, texts, cluster)
 
 
 # 5. LlamaFactory sets and the eval split
@@ -612,8 +691,10 @@ def build_datasets(
     phases: Sequence[PhaseParams],
     mix: CompetencyMix,
     tokenizer: TokenizerInfo,
+    cluster: ClusterParams | None = None,
 ) -> dict[str, Any]:
     """Every set of the stage, written; returns the report (without wall time)."""
+    cluster = cluster or ClusterParams()
     pairs, triples = read_synth_outputs(dirs.qa, dirs.pref)
     pages = attach_generated(read_pages(dirs.markdown), pairs, triples)
     with_items = {p.doc.id for p in pages if p.pairs or p.triples}
@@ -627,6 +708,7 @@ def build_datasets(
         [p for p in pages if p.doc.id not in held_ids],
         params,
         dropped,
+        cluster,
     )
     probes = Probes(*split_probes(train, params.probe_fraction, params.split_seed))
     for pair in probes.pairs:
@@ -634,7 +716,8 @@ def build_datasets(
     for triple in probes.triples:
         dropped.add("orpo", triple.id, triple.url, "knowledge_probe")
     general = read_general_texts(Path(params.general_text.file)) if params.general_text.file else []
-    corpus = build_corpus(order_pages(train, params), general, params, tokenizer.encode)
+    encode = choose_encode(tokenizer, cluster)
+    corpus = build_corpus(order_pages(train, params), general, params, encode)
     report: dict[str, Any] = {
         "pages": {"total": len(pages), "train": len(train), "eval": len(held)},
         "split": {

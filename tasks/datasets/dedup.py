@@ -12,6 +12,10 @@ matches an earlier text that was kept. The datasets stage passes held-out (eval)
 so a training page that copies an eval page is the one dropped. A dropped text is never a
 keeper: with a ≈ b and b ≈ c but a ≉ c, b is dropped as a duplicate of a and c is kept.
 
+Signatures are independent of one another, so they can be computed anywhere, in any batches
+(the datasets stage sends them to a Dask cluster when one is configured); banding and matching
+need all of them in order and run in one process.
+
 Everything is deterministic: words are hashed with blake2b (Python's hash() is salted per
 process) and the permutations are derived from `seed` the same way.
 """
@@ -187,8 +191,16 @@ def find_near_duplicates(
     them under the wrong reason; the caller drops empty pages with a reason of its own.
     """
     check_arguments(threshold, num_perm, shingle_words)
-    bands, rows = choose_bands(threshold, num_perm)
     signatures = [compute_signature(t, num_perm, shingle_words, seed) for t in texts]
+    return match_signatures(signatures, threshold, num_perm)
+
+
+def match_signatures(
+    signatures: Sequence[Signature], threshold: float, num_perm: int
+) -> list[Duplicate]:
+    """find_near_duplicates on signatures computed elsewhere (every one with `num_perm`
+    values), e.g. in batches on a cluster: the banding and matching need them all, in order."""
+    bands, rows = choose_bands(threshold, num_perm)
     buckets: dict[tuple[int, bytes], list[int]] = defaultdict(list)
     duplicates: list[Duplicate] = []
     for index, signature in enumerate(signatures):
