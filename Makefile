@@ -90,6 +90,7 @@ lint: $(VENV)/.installed
 bench: setup
 	$(BIN)/python -m tasks.bench.markdown --site $(SITE) --out reports/bench.json
 	$(BIN)/python -m tasks.bench.markdown --site $(SITE) --cluster --out reports/bench_markdown_dask.json
+	$(BIN)/python -m tasks.bench.datasets --site $(SITE) --pages 300 1000 --out reports/bench_datasets_dask.json
 	$(BIN)/python -m tasks.bench.synth --markdown data/markdown --out reports/bench_synth.json
 	$(BIN)/python -m tasks.bench.packing --site $(SITE) --out reports/bench_packing.json
 	$(BIN)/python -m tasks.bench.cpt --out reports/bench_cpt.json

@@ -25,9 +25,10 @@ from typing import Any
 import markdownify
 
 from tasks.bench.crawl import run_crawl_benchmark
+from tasks.bench.dask_cluster import local_cluster, prefect_test_server, read_tree
 from tasks.core.encoding import detect_encoding
 from tasks.core.io import write_json_atomic
-from tasks.core.params import ClusterParams, CrawlParams, MarkdownParams
+from tasks.core.params import CrawlParams, MarkdownParams
 from tasks.crawl.crawler import crawl_site
 from tasks.markdown.build import build_markdown
 from tasks.markdown.convert import convert_page
@@ -81,17 +82,10 @@ def time_whole_site(site: Path) -> dict[str, Any]:
     }
 
 
-def read_tree(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-
-
 def time_stage_on_cluster(site: Path) -> dict[str, Any]:
     """One crawl of the site, then the markdown stage from scratch twice: here, then on a
     LocalCluster. The Prefect test server and the cluster start before the clock does; the
     workers' first imports are inside it, as on a cluster started for the run."""
-    from distributed import LocalCluster
-    from prefect.testing.utilities import prefect_test_harness
-
     params = MarkdownParams()
     with serve_directory(site) as base, tempfile.TemporaryDirectory() as tmp:
         crawl = CrawlParams(start_urls=[base + "index.html"], requests_per_second=None)
@@ -100,16 +94,7 @@ def time_stage_on_cluster(site: Path) -> dict[str, Any]:
         started = time.perf_counter()
         here = build_markdown(Path(tmp) / "raw", Path(tmp) / "here", params, TOKENIZER_CACHE)
         here_s = time.perf_counter() - started
-        with (
-            prefect_test_harness(server_startup_timeout=300),
-            LocalCluster(
-                n_workers=params.workers,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-            ) as cluster,
-        ):
-            on_dask = ClusterParams(address=cluster.scheduler_address)
+        with prefect_test_server(), local_cluster(params.workers) as on_dask:
             started = time.perf_counter()
             there = build_markdown(
                 Path(tmp) / "raw", Path(tmp) / "dask", params, TOKENIZER_CACHE, on_dask

@@ -82,11 +82,16 @@ def measure(tokens: list[list[int]], lengths: list[int], tok: TokenizerInfo, p: 
     return out
 
 
-def load_tokenizer() -> TokenizerInfo:
+def find_base_model() -> Path:
+    """models/base when it holds a tokenizer, else the folder of SmolLM2's packaged one."""
     base = Path("models/base")
     if (base / "tokenizer_config.json").is_file():
-        return load_base_tokenizer(base)
-    return load_base_tokenizer(resolve_tokenizer(None, Path(".cache/tokenizers"))[0].parent)
+        return base
+    return resolve_tokenizer(None, Path(".cache/tokenizers"))[0].parent
+
+
+def load_tokenizer() -> TokenizerInfo:
+    return load_base_tokenizer(find_base_model())
 
 
 def main(argv: list[str] | None = None) -> None:
