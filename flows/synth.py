@@ -1,14 +1,15 @@
 """synth: generate training data from every Markdown page through an OpenAI-compatible endpoint.
 
 Run with `dvc repro synth` (or `python -m flows.synth`). The endpoint in params `synth.endpoint`
-must be up (default: `python -m tasks.llm.server --port 8766`); it is checked before any work.
+must be up (default: `python -m tasks.llm.server --port 8766`); it is checked before any work,
+and so is `synth.faithfulness_endpoint` when it judges instead (synth.faithfulness_check).
 With several URLs, a chunk's calls stay on one endpoint and one that keeps failing is taken out
 of rotation (tasks/llm/client.py: EndpointPool).
 Reads params `synth:` and data/markdown; writes data/qa/pairs.jsonl (Q/A pairs citing their
 page), data/pref/triples.jsonl (<prompt, chosen, rejected> for ORPO), an exclusions.jsonl beside
 each (every drop and failed page, with its reason), data/synth_cache/ (one file per LLM reply,
 keyed by the call's hash, so reruns call only for changed pages and a killed run resumes; with
-synth.faithfulness_check, the endpoint's verdicts on whether each answer's chunk supports it),
+synth.faithfulness_check, the judge's verdicts on whether each answer's chunk supports it),
 reports/synth.json and reports/synth_retry.yaml (the failed pages; while there are any, the
 next `dvc repro` reruns the stage for them: see tasks/synth/rerun.py). Each page that needs
 calls is a Prefect task run; cached pages are replayed. The stage fails after writing all of
@@ -38,6 +39,7 @@ from tasks.synth.generate import (
     TokenCounter,
     TooManyFailedPages,
     check_failed_pages,
+    open_judge,
     read_token_counter,
     run_logger,
     run_synth,
@@ -57,9 +59,10 @@ async def generate(dirs: SynthDirs, params: SynthParams, count: TokenCounter) ->
         # Endpoints that are down are taken out of rotation here; with none left this fails,
         # naming every URL. Else this is the model they serve.
         served = await check_pool(client)
-        return await run_synth(
-            client, dirs, params, count, run_page=synth_page, endpoint_model=served
-        )
+        async with open_judge(params, run_logger()) as judge:  # checked the same way
+            return await run_synth(
+                client, dirs, params, count, run_page=synth_page, endpoint_model=served, judge=judge
+            )
 
 
 @flow(name="synth", flow_run_name=run_name("synth"))

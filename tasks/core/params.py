@@ -344,8 +344,9 @@ class EndpointParams(Strict):
 
     base_url: str | list[str] = Field(
         "http://127.0.0.1:8766/v1",
-        description="one URL, or (synth.endpoint and eval.judge) a list of URLs serving the "
-        "same model: calls are spread across them, each with its own `concurrency`",
+        description="one URL, or (synth.endpoint, synth.faithfulness_endpoint and eval.judge) a "
+        "list of URLs serving the same model: calls are spread across them, each with its own "
+        "`concurrency`",
     )
     model: str = Field("SmolLM2-135M-Instruct", min_length=1)
     api_key_env: EnvVarName | None = Field(
@@ -515,6 +516,19 @@ class SynthParams(Strict):
         "chunk; a no drops it as judge_unsupported. One extra cached call per such answer: on "
         "for a real endpoint, off for a small local model that cannot judge",
     )
+    faithfulness_endpoint: EndpointParams | None = Field(
+        None,
+        description="the endpoint that judges when faithfulness_check is on (a bigger model "
+        "than the one that writes, say), with its own base_url list, model, key, sampling, "
+        "concurrency and retries; verdicts are decoded greedily whatever its temperature. "
+        "null = synth.endpoint judges",
+    )
+    faithfulness_structured: Literal["none", "gbnf", "vllm", "vllm-legacy"] | None = Field(
+        None,
+        description="how faithfulness_endpoint enforces the verdict's JSON schema (as "
+        "structured: its server may speak another dialect than synth.endpoint's); null = "
+        "synth.structured",
+    )
     near_duplicate_jaccard: float = Field(
         0.7, gt=0, le=1, description="questions whose word-bigram Jaccard reaches this are dups"
     )
@@ -558,6 +572,25 @@ class SynthParams(Strict):
             if getattr(self, low) > getattr(self, high):
                 raise ValueError(f"{low} ({getattr(self, low)}) exceeds {high}")
         return self
+
+    @model_validator(mode="after")
+    def _structured_has_endpoint(self) -> SynthParams:
+        if self.faithfulness_structured is not None and self.faithfulness_endpoint is None:
+            raise ValueError(
+                "faithfulness_structured is set but faithfulness_endpoint is null: synth.endpoint "
+                "judges then, under synth.structured"
+            )
+        return self
+
+    @property
+    def judge_endpoint(self) -> EndpointParams:
+        """The endpoint that answers the faithfulness check's calls."""
+        return self.faithfulness_endpoint or self.endpoint
+
+    @property
+    def judge_structured(self) -> str:
+        """How the judge's endpoint enforces the verdict's schema."""
+        return self.faithfulness_structured or self.structured
 
 
 class ModelParams(Strict):

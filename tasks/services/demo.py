@@ -2,11 +2,12 @@
 
 Starts what params point at on this machine — the default docs site (the PostgreSQL 15 manual
 unpacked by `make site`) on the port of `crawl.start_urls`, and llama.cpp serving SmolLM2 on the
-port of each URL of `synth.endpoint.base_url` (and of each URL of `eval.judge.base_url` that is
-not one of them) — plus one Prefect server for every stage (instead of a slow ephemeral one per
-stage), runs `dvc repro`, and stops them all. Params that point elsewhere (your own site, a vLLM
-endpoint) start nothing for that part, and an exported `PREFECT_API_URL` (a team's server) is
-used instead of a local one.
+port of each URL of `synth.endpoint.base_url` (and of each URL of the judges'
+`synth.faithfulness_endpoint.base_url`, while synth.faithfulness_check is on, and
+`eval.judge.base_url` that is not one of them) — plus one Prefect server for every stage
+(instead of a slow ephemeral one per stage), runs `dvc repro`, and stops them all. Params that
+point elsewhere (your own site, a vLLM endpoint) start nothing for that part, and an exported
+`PREFECT_API_URL` (a team's server) is used instead of a local one.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import flows  # noqa: F401  (sets the Prefect home and offline variables)
-from tasks.core.params import SynthParams, load_stage_params
+from tasks.core.params import EndpointParams, Params, SynthParams, load_stage_params
 from tasks.core.tokens import find_smollm2_gguf
 from tasks.llm.server import start_llama_server
 from tasks.services.local import check_prefect_server, run_prefect_server, serve_directory
@@ -33,11 +34,31 @@ def local_port(url: str) -> int | None:
     return None
 
 
+def plan_local_llms(params: Params) -> list[tuple[int, str, str]]:
+    """(port, model alias, log file name) of each llama.cpp to start: one per URL on this
+    machine of synth.endpoint (several spread synth's calls), then of the endpoints that judge
+    (synth.faithfulness_endpoint while the check is on, eval.judge) on a port none before it
+    serves: a judge pointed at another's port is answered by that server."""
+    synth = params.synth
+    judges: list[tuple[str, EndpointParams | None]] = [
+        ("faithfulness", synth.faithfulness_endpoint if synth.faithfulness_check else None),
+        ("judge", params.eval.judge),
+    ]
+    planned: list[tuple[int, str, str]] = []
+    for name, endpoint in [("", synth.endpoint), *judges]:
+        if endpoint is None:
+            continue
+        ports = [local_port(url) for url in endpoint.urls]
+        own = [p for p in ports if p is not None and p not in {q for q, _, _ in planned}]
+        for i, port in enumerate(own):
+            stem = "-".join(filter(None, ["llama-server", name, str(i) if i else ""]))
+            planned.append((port, endpoint.model, f"{stem}.log"))
+    return planned
+
+
 def start_local_llm(
-    stack: ExitStack, synth: SynthParams, log_file: Path, port: int | None, alias: str
+    stack: ExitStack, synth: SynthParams, log_file: Path, port: int, alias: str
 ) -> None:
-    if port is None:
-        return
     server = synth.local_server
     gguf = Path(server.gguf) if server.gguf else find_smollm2_gguf()
     url = stack.enter_context(
@@ -58,24 +79,13 @@ def main(argv: list[str]) -> int:
     params = load_stage_params()
     crawl, synth = params.require_crawl(), params.synth
     site = params.paths.cache / "sites/postgresql-15/html"
-    llm_log = params.paths.cache / "llama-server.log"
     with ExitStack() as stack:
         port = local_port(crawl.start_urls[0])
         if port is not None:
             url = stack.enter_context(serve_directory(site, port=port))
             print(f"serving {site} at {url}", flush=True)
-        # One llama.cpp per local URL of synth.endpoint (several spread synth's calls).
-        synth_ports = [local_port(url) for url in synth.endpoint.urls]
-        for i, synth_port in enumerate(synth_ports):
-            log = llm_log if i == 0 else llm_log.with_name(f"llama-server-{i}.log")
-            start_local_llm(stack, synth, log, synth_port, synth.endpoint.model)
-        # The eval judge's URLs: the same server where one points there, else one of its own.
-        judge = params.eval.judge
-        if judge is not None:
-            own = [p for p in map(local_port, judge.urls) if p not in synth_ports]
-            for i, judge_port in enumerate(own):
-                name = "llama-server-judge.log" if i == 0 else f"llama-server-judge-{i}.log"
-                start_local_llm(stack, synth, params.paths.cache / name, judge_port, judge.model)
+        for llm_port, alias, log_name in plan_local_llms(params):
+            start_local_llm(stack, synth, params.paths.cache / log_name, llm_port, alias)
         team_api = os.environ.get("PREFECT_API_URL")
         api = (
             check_prefect_server(team_api)

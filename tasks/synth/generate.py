@@ -24,10 +24,14 @@ run independently, so a question that repeats another page's is dropped but not 
 With synth.faithfulness_check on, every answer of an attempt that passes the other filters (a
 triple's chosen answer) is then judged by the endpoint's model, right after the chunk's own
 calls while the chunk is still in the server's prefix cache: a yes/no under a JSON schema,
-keyed by the chunk, question and answer (tasks/synth/prompts.py: SUPPORT_VERSION) and cached
-like any call. A no drops the answer as judge_unsupported, which counts like any other drop
-(and so is asked again). Near-duplicates are checked after the judge, corpus-wide, so the judge
-is asked about a page's answers whatever the other pages hold.
+keyed by the chunk, question and answer (tasks/synth/prompts.py: SUPPORT_VERSION) and the
+judge's model, sampling and structured mode, and cached like any call. With
+synth.faithfulness_endpoint set, that endpoint judges instead (Judge), through a pool of its
+own, and the chunk's place among synth's calls is handed on before its answers are judged: the
+synth endpoint's slots need not wait for another server. A no drops the answer as
+judge_unsupported, which counts like any other drop (and so is asked again). Near-duplicates
+are checked after the judge, corpus-wide, so the judge is asked about a page's answers whatever
+the other pages hold.
 """
 
 from __future__ import annotations
@@ -67,7 +71,14 @@ from tasks.core.records import (
     text_id,
 )
 from tasks.core.tokens import load_tokenizer, resolve_tokenizer
-from tasks.llm.client import ChatClient, Completion, EndpointError
+from tasks.llm.client import (
+    ChatClient,
+    Completion,
+    EndpointError,
+    Logger,
+    build_pool,
+    check_pool,
+)
 from tasks.synth.coverage import (
     Coverage,
     PagePlan,
@@ -337,9 +348,19 @@ class CallOrder:
     one_at_a_time: bool = True
 
 
+@dataclass(frozen=True)
+class Judge:
+    """synth.faithfulness_endpoint's client (a pool, as synth's own) and the model it serves
+    (check_pool; its params' name when the server does not say)."""
+
+    client: ChatClient
+    model: str
+
+
 @dataclass
 class Settings:
-    """What every page's calls share: params, the cache folder, the calls seen this run."""
+    """What every page's calls share: params, the cache folder, the calls seen this run, and
+    the faithfulness endpoint's client (None: synth's own client judges)."""
 
     params: SynthParams
     cache_dir: Path
@@ -352,6 +373,10 @@ class Settings:
     ranks: dict[str, int] = field(default_factory=dict)
     gate: CallGate | None = None
     order: CallOrder = field(default_factory=CallOrder)
+    judge: Judge | None = None
+    # The judge calls' requests to synth.faithfulness_endpoint (to synth.endpoint, they count
+    # in `endpoint`).
+    judge_requests: EndpointCounts = field(default_factory=EndpointCounts)
 
     def __post_init__(self) -> None:
         if self.gate is None:
@@ -361,6 +386,16 @@ class Settings:
     @property
     def persona(self) -> Persona:
         return Persona(self.params.persona, self.params.domain)
+
+    def judged_apart(self, request: CallRequest) -> bool:
+        """A verdict asked of synth.faithfulness_endpoint rather than synth's endpoint."""
+        return request.kind == "judge" and self.judge is not None
+
+    def client_for(self, request: CallRequest, synth: ChatClient) -> ChatClient:
+        return self.judge.client if self.judge and self.judged_apart(request) else synth
+
+    def counts_for(self, request: CallRequest) -> EndpointCounts:
+        return self.judge_requests if self.judged_apart(request) else self.endpoint
 
     def request_body(
         self, grammar: str | None, reask: int = 0, attempt: int = 0
@@ -383,7 +418,7 @@ class Settings:
         """Greedy decoding: a verdict should not depend on the draw. A re-ask (a reply cut
         short or refused) still gets its own seed, for servers that sample anyway."""
         body: dict[str, Any] = {"temperature": 0.0}
-        seed = self.params.endpoint.sampling.seed
+        seed = self.params.judge_endpoint.sampling.seed
         if reask and seed is not None:
             body["seed"] = seed + reask
         return body
@@ -410,14 +445,16 @@ def render_call_key(
 def render_support_key(messages: list[dict[str, str]], params: SynthParams) -> str:
     """The hash of what decides a verdict. Not PROMPT_VERSION: the generation prompts do not
     decide it (the answer in the messages does), so changing them keeps verdicts on answers
-    that come back unchanged."""
+    that come back unchanged. The judge's model, sampling and structured mode: with
+    synth.faithfulness_endpoint null they are synth's, so those keys stay what they were."""
+    judge = params.judge_endpoint
     spec: dict[str, Any] = {
         "support_version": SUPPORT_VERSION,
         "messages": messages,
         "schema": SUPPORT_SCHEMA,
-        "structured": params.structured,
-        "model": params.endpoint.model,
-        "sampling": params.endpoint.sampling.model_dump(),
+        "structured": params.judge_structured,
+        "model": judge.model,
+        "sampling": judge.sampling.model_dump(),
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode("utf-8")).hexdigest()
 
@@ -535,11 +572,14 @@ async def ask_once(client: ChatClient, request: CallRequest, s: Settings, reask:
     # one, whose prefix cache holds it.
     route = f"{request.page_id}/{request.chunk}"
     assert s.gate is not None  # set in Settings.__post_init__
-    # One at a time, the chunk holds its place for all its calls (ask_chunk).
-    gate = contextlib.nullcontext() if s.order.one_at_a_time else s.gate.hold(rank)
+    # One at a time, the chunk holds its place for all its calls (ask_chunk). A judge of its
+    # own is bounded by its pool's concurrency: the gate is for synth's endpoint.
+    free = s.order.one_at_a_time or s.judged_apart(request)
+    gate = contextlib.nullcontext() if free else s.gate.hold(rank)
+    counts = s.counts_for(request)
     try:
         async with gate:
-            reply = await client.complete(
+            reply = await s.client_for(request, client).complete(
                 request.messages,
                 grammar=request.grammar,
                 extra_body=body,
@@ -548,9 +588,9 @@ async def ask_once(client: ChatClient, request: CallRequest, s: Settings, reask:
             )
     except (EndpointError, openai.APIError) as exc:
         s.failed_calls += 1
-        s.endpoint.add(getattr(exc, "retried", ()))
+        counts.add(getattr(exc, "retried", ()))
         raise
-    s.endpoint.add(reply.retried)
+    counts.add(reply.retried)
     return reply
 
 
@@ -558,18 +598,19 @@ async def ask_until_final(client: ChatClient, request: CallRequest, s: Settings)
     """A reply cut at max_tokens or refused is asked again, at most endpoint.retries times;
     the last reply is final whatever it says (the parser and filters count what is wrong)."""
     reply = await ask_once(client, request, s, 0)
-    for reask in range(1, s.params.endpoint.retries + 1):
+    retries = (s.params.judge_endpoint if request.kind == "judge" else s.params.endpoint).retries
+    for reask in range(1, retries + 1):
         problem = check_final(reply)
         if problem is None:
             break
-        s.endpoint.retries_by_cause[problem] += 1
+        s.counts_for(request).retries_by_cause[problem] += 1
         run_logger().info(
             "synth %s: %s reply %s on attempt %d of %d, asking again with another seed",
             request.url,
             request.kind,
             problem,
             reask,
-            s.params.endpoint.retries + 1,
+            retries + 1,
         )
         reply = await ask_once(client, request, s, reask)
     return reply
@@ -817,19 +858,44 @@ def plan_slots(points: Sequence[str], tags: Sequence[Competency]) -> tuple[Tripl
 async def ask_chunk(
     client: ChatClient, work: PageWork, due: ChunkDue, attempt: int, s: Settings
 ) -> ChunkAsked:
-    """One chunk's calls of one attempt, one after another: the points call, the Q/A call, then
-    the triple calls for its points. The first prefills the page; each later one finds it in
-    the server's prefix cache, where calls sent together would each prefill it in a slot of
-    their own (CallOrder says why). Meanwhile the other chunks in flight keep the endpoint's
-    slots busy."""
+    """One chunk's calls of one attempt, one after another: the points call, the Q/A call, the
+    triple calls for its points, then (faithfulness_check) the verdicts on what they keep. The
+    first prefills the page; each later one finds it in the server's prefix cache, where calls
+    sent together would each prefill it in a slot of their own (CallOrder says why). Meanwhile
+    the other chunks in flight keep the endpoint's slots busy."""
     chunk = due.chunk
     if s.order.one_at_a_time:
         # The chunk keeps its place in the gate from one call to the next: handed back after
         # each call, it would go to another chunk before this one's next call is queued.
         assert s.gate is not None
         async with s.gate.hold((s.ranks.get(work.doc.id, 0), chunk.index)):
-            return await ask_chunk_calls(client, work, due, attempt, s)
-    return await ask_chunk_calls(client, work, due, attempt, s)
+            asked = await ask_chunk_calls(client, work, due, attempt, s)
+            if s.judge is None:  # synth's endpoint judges, finding the chunk in its cache
+                return await judge_chunk(client, work, asked, s)
+        return await judge_chunk(client, work, asked, s)
+    asked = await ask_chunk_calls(client, work, due, attempt, s)
+    return await judge_chunk(client, work, asked, s)
+
+
+async def ask_in_order(
+    client: ChatClient, requests: list[CallRequest], s: Settings
+) -> list[CallResult]:
+    """One after another (CallOrder.one_at_a_time), else all at once."""
+    if s.order.one_at_a_time:
+        return [await fetch_completion(client, r, s) for r in requests]
+    return await gather_all(*(fetch_completion(client, r, s) for r in requests))
+
+
+async def judge_chunk(
+    client: ChatClient, work: PageWork, asked: ChunkAsked, s: Settings
+) -> ChunkAsked:
+    """With synth.faithfulness_check, the verdicts on every answer the chunk's replies keep."""
+    if not s.params.faithfulness_check:
+        return asked
+    candidates = list_candidates(work, asked, s.params)
+    verdicts = await ask_in_order(client, [support_request(work, c, s) for c in candidates], s)
+    judgements = tuple(Judgement(c, r) for c, r in zip(candidates, verdicts, strict=True))
+    return dataclasses.replace(asked, judgements=judgements)
 
 
 async def ask_chunk_calls(
@@ -845,24 +911,13 @@ async def ask_chunk_calls(
             return None
         return ChunkReply(chunk.index, attempt, await ask(qa_request(work, chunk, s, attempt)))
 
-    async def ask_all(requests: list[CallRequest]) -> list[CallResult]:
-        if s.order.one_at_a_time:
-            return [await ask(r) for r in requests]
-        return await gather_all(*(ask(r) for r in requests))
-
     async def triples(slots: tuple[TripleSlot, ...]) -> list[TripleReply]:
-        answers = await ask_all([triple_request(work, chunk, slot, s, attempt) for slot in slots])
+        requests = [triple_request(work, chunk, slot, s, attempt) for slot in slots]
+        answers = await ask_in_order(client, requests, s)
         return [
             TripleReply(chunk.index, slot, attempt, r)
             for slot, r in zip(slots, answers, strict=True)
         ]
-
-    async def judge(replies: ChunkAsked) -> tuple[Judgement, ...]:
-        if not s.params.faithfulness_check:
-            return ()
-        candidates = list_candidates(work, replies, s.params)
-        verdicts = await ask_all([support_request(work, c, s) for c in candidates])
-        return tuple(Judgement(c, r) for c, r in zip(candidates, verdicts, strict=True))
 
     # Beside the points call only when the bench measures that schedule (it is started after
     # the points call has been queued: the points call unlocks the triple calls).
@@ -885,8 +940,7 @@ async def ask_chunk_calls(
         if qa_call is not None:
             await asyncio.wait([qa_call])
             qa_call.exception()
-    replies = ChunkAsked(qa_call.result(), points, asked)
-    return dataclasses.replace(replies, judgements=await judge(replies))
+    return ChunkAsked(qa_call.result(), points, asked)
 
 
 def split_tags(work: PageWork, mix: CompetencyMix) -> list[tuple[Competency, ...]]:
@@ -1403,13 +1457,18 @@ def summarize_drops_by_attempt(verdicts: Sequence[Verdict]) -> dict[str, dict[st
 
 
 def summarize_faithfulness(out: Assembled, s: Settings) -> dict[str, Any]:
-    """The judge's calls (made and replayed), its verdicts on the answers it was asked about
+    """The judge's model (None when the check is off) and, when it is
+    synth.faithfulness_endpoint's, the requests sent there (else they count in the report's
+    `endpoint`); its calls (made and replayed), its verdicts on the answers it was asked about
     that the assembled output saw, and the answers those verdicts dropped."""
     calls = [c for c in s.calls if c.kind == "judge"]
     made = sum(c.made for c in calls)
     dropped = sum(n for k, n in out.dropped.items() if k.split(".", 1)[1].startswith("judge_"))
+    model = s.judge.model if s.judge else out.endpoint_model or s.params.endpoint.model
     return {
         "check": s.params.faithfulness_check,
+        "model": model if s.params.faithfulness_check else None,
+        "endpoint": s.judge_requests.summary() if s.judge else None,
         "calls": {"made": made, "reused": len(calls) - made},
         "verdicts": {v: out.judged[v] for v in ("yes", "no", "unreadable")},
         "dropped": dropped,
@@ -1535,15 +1594,17 @@ async def run_synth(
     run_page: PageRunner = synthesize_page,
     endpoint_model: str | None = None,
     order: CallOrder | None = None,
+    judge: Judge | None = None,
 ) -> dict[str, Any]:
     """The whole stage: returns the report (without wall time). `endpoint_model` is what the
-    endpoint serves (check_endpoint), written into every pair's and triple's provenance. The
+    endpoint serves (check_endpoint), written into every pair's and triple's provenance.
+    `judge`: synth.faithfulness_endpoint's (open_judge), None when synth's endpoint judges. The
     cache keeps every reply unless synth.cache_prune_unused_days says otherwise, and then is
     pruned only when the run is within synth.max_failed_fraction. `order` is for the bench."""
     pages = read_pages(dirs.markdown)
     works = [plan_page(doc, body, params, count) for doc, body in pages[: params.max_pages]]
     ranks = {work.doc.id: i for i, work in enumerate(works)}
-    settings = Settings(params, dirs.cache, ranks=ranks, order=order or CallOrder())
+    settings = Settings(params, dirs.cache, ranks=ranks, order=order or CallOrder(), judge=judge)
     write_cache_marker(dirs.cache)
     started = time.monotonic()
     outcomes = await synthesize_pages(client, works, settings, run_page)
@@ -1560,6 +1621,25 @@ async def run_synth(
     cache = prune_cache(dirs.cache, {c.key for c in settings.calls}, unused_days)
     report = summarize(works, out, coverage, settings, generate_s, cache)
     return {**report, "pages_over_max_pages": len(pages) - len(works)}
+
+
+@asynccontextmanager
+async def open_judge(params: SynthParams, logger: Logger) -> AsyncIterator[Judge | None]:
+    """synth.faithfulness_endpoint's pool, checked as synth's is (check_pool: one that is down
+    is taken out of rotation; none left fails, naming the key and every URL), while the check
+    is on and the endpoint set; else None (synth's endpoint judges, or nothing is judged)."""
+    endpoint = params.faithfulness_endpoint
+    if endpoint is None or not params.faithfulness_check:
+        yield None
+        return
+    async with build_pool(endpoint, params.judge_structured, logger) as pool:
+        try:
+            served = await check_pool(pool)
+        except EndpointError as exc:
+            raise EndpointError(
+                f"synth.faithfulness_endpoint: {exc}", exc.retried, exc.endpoint_fault
+            ) from exc
+        yield Judge(pool, served or endpoint.model)
 
 
 def write_cache_marker(cache_dir: Path) -> None:

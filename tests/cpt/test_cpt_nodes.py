@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,6 @@ import pytest
 from safetensors.torch import load_file
 
 from tasks.core.params import CptParams
-from tasks.core.procs import start_process, stop_process_group
 from tasks.cpt.config import (
     RUN_FILE,
     render_fingerprint,
@@ -31,6 +29,7 @@ from tasks.cpt.launch import (
     write_run_spec,
 )
 from tests.support.cpt_fixtures import build_tiny_phase, tiny_params
+from tests.support.nodes import run_nodes
 
 # Fixed rendezvous ports, one per launcher, so the two variants never meet each other's ranks.
 PORTS = {"deepspeed": 29541, "torchrun": 29542}
@@ -105,23 +104,14 @@ def launch_nodes(params: list[CptParams], root: Path) -> tuple[Any, list[list[st
     spec = render_run_spec(params[0], settings, STEPS, root / "data")
     prepare_checkpoint_dir(spec.checkpoint_dir, render_fingerprint(spec, read_input_hashes(spec)))
     write_run_spec(spec)
-    logs = [root / f"node{i}.log" for i in range(len(params))]
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        for node, log in zip(params, logs, strict=True):
-            command = render_launch_command(
-                node, spec.checkpoint_dir / RUN_FILE, node.master_port or 0
-            )
-            env = render_launch_env(os.environ, node, cuda=False, cores=2)
-            with log.open("wb") as out:
-                procs.append(start_process(command, env, stdout=out))
-        codes = [proc.wait(timeout=LAUNCH_TIMEOUT_S) for proc in procs]
-    finally:
-        for proc in procs:
-            stop_process_group(proc, grace_s=5)
-    lines = [log.read_text(errors="replace").splitlines() for log in logs]
-    assert codes == [0, 0], "\n".join(f"node {i}: {ls[-25:]}" for i, ls in enumerate(lines))
-    return spec, lines
+    nodes = [
+        (
+            render_launch_command(node, spec.checkpoint_dir / RUN_FILE, node.master_port or 0),
+            render_launch_env(os.environ, node, cuda=False, cores=2),
+        )
+        for node in params
+    ]
+    return spec, run_nodes(nodes, root, LAUNCH_TIMEOUT_S)
 
 
 @pytest.mark.slow

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tasks.core.params import SftParams
-from tasks.core.procs import start_process, stop_process_group
 from tasks.core.records import DOMAIN_SFT
 from tasks.finetune.llamafactory import (
     StageLayout,
@@ -24,6 +22,7 @@ from tasks.finetune.llamafactory import (
     write_config,
 )
 from tests.support.lf_inputs import TINY_TRAIN, write_sets, write_tiny_model
+from tests.support.nodes import run_nodes
 
 PORT = 29543
 LAUNCH_TIMEOUT_S = 540
@@ -87,20 +86,9 @@ def test_two_nodes_on_one_machine_train_as_one_world(tmp_path: Path) -> None:
         "sft", model, [DOMAIN_SFT], paths.sft, layout, params[0].train, deepspeed=False
     )
     write_config(layout.train_yaml, config, "two-node test")
-    logs = [tmp_path / f"node{rank}.log" for rank in (0, 1)]
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        for node, log in zip(params, logs, strict=True):
-            env = build_env(os.environ, 1, False, nodes=node)
-            with log.open("wb") as out:
-                argv = [llamafactory_cli(), "train", str(layout.train_yaml)]
-                procs.append(start_process(argv, env, stdout=out))
-        codes = [proc.wait(timeout=LAUNCH_TIMEOUT_S) for proc in procs]
-    finally:
-        for proc in procs:
-            stop_process_group(proc, grace_s=5)
-    lines = [log.read_text(errors="replace").splitlines() for log in logs]
-    assert codes == [0, 0], "\n".join(f"node {i}: {ls[-25:]}" for i, ls in enumerate(lines))
+    argv = [llamafactory_cli(), "train", str(layout.train_yaml)]
+    nodes = [(argv, build_env(os.environ, 1, False, nodes=node)) for node in params]
+    lines = run_nodes(nodes, tmp_path, LAUNCH_TIMEOUT_S)
     for rank, node_lines in enumerate(lines):
         said = [line for line in node_lines if f"Process rank: {rank}, world size: 2" in line]
         assert said, f"node {rank} did not join a world of two"

@@ -12,6 +12,8 @@ import logging
 import re
 import shutil
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,7 @@ from tasks.synth.generate import (
 from tasks.synth.prompts import grammar_max_chars
 from tests.support.fake_openai import (
     Behaviour,
+    FakeOpenAI,
     drop,
     malformed,
     ok,
@@ -585,12 +588,29 @@ async def run_via_pool(dirs: SynthDirs, params: SynthParams, count: Any) -> dict
         return await run_synth(pool, dirs, params, count)
 
 
-def test_two_endpoints_one_dying_mid_run_still_give_every_page(
-    dirs: SynthDirs, count: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The same outputs as one endpoint gives, though the second endpoint stops answering
-    after its fifth request: its chunks move to the first, and each chunk's calls went to one
-    endpoint while it lived."""
+Responder = Callable[[dict[str, Any]], Behaviour]
+
+
+@dataclass(frozen=True)
+class TwoEndpoints:
+    report: dict[str, Any]
+    a: FakeOpenAI
+    b: FakeOpenAI
+    endpoint: EndpointParams
+
+
+def run_as_one_endpoint_would(
+    dirs: SynthDirs,
+    count: Any,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    answers: tuple[Responder, Callable[[FakeOpenAI], Responder]],
+) -> TwoEndpoints:
+    """The pages through one endpoint alone (the scripted client), then through a pool of two
+    fake endpoints: the first answers with answers[0], the second with answers[1](itself),
+    which makes it die somehow. Checks that the pool wrote every page's pairs and triples as
+    the one endpoint did, made as many calls, and sent at least one call to the other endpoint
+    when one failed; warnings are logged to `caplog`."""
     single = run(ScriptedClient(), dirs, count)
     expected = {
         "pairs.jsonl": read_rows(dirs.qa / "pairs.jsonl"),
@@ -598,24 +618,42 @@ def test_two_endpoints_one_dying_mid_run_still_give_every_page(
     }
     other = SynthDirs(dirs.markdown, tmp_path / "qa2", tmp_path / "pref2", tmp_path / "cache2")
     with serve_fake_openai() as a, serve_fake_openai() as b:
-        a.responder = lambda body: ok(scripted_reply(body["messages"]))
-        b.responder = faulty_endpoint({n: drop() for n in range(6, 1000)})
+        a.responder, b.responder = answers[0], answers[1](b)
         endpoint = EndpointParams(
             base_url=[a.base_url, b.base_url], model=a.model, retries=1, max_failures=2
         )
         params = SYNTH.model_copy(update={"endpoint": endpoint})
         with caplog.at_level(logging.WARNING):
             report = asyncio.run(run_via_pool(other, params, count))
-    assert report["pages_failed"] == 0 and report["calls"]["made"] == single["calls"]["made"]
+    assert report["pages"] == single["pages"] and report["pages_failed"] == 0
+    assert report["calls"]["made"] == single["calls"]["made"]
     for folder, name in ((other.qa, "pairs.jsonl"), (other.pref, "triples.jsonl")):
         got = [{**row, "model": None} for row in read_rows(folder / name)]
         assert got == [{**row, "model": None} for row in expected[name]]
     assert report["endpoint"]["retries_by_cause"]["failover"] >= 1
+    return TwoEndpoints(report, a, b, endpoint)
+
+
+def test_two_endpoints_one_dying_mid_run_still_give_every_page(
+    dirs: SynthDirs, count: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same outputs as one endpoint gives, though the second endpoint stops answering
+    after its fifth request: its chunks move to the first, and each chunk's calls went to one
+    endpoint while it lived."""
+
+    def answer(body: dict[str, Any]) -> Behaviour:
+        return ok(scripted_reply(body["messages"]))
+
+    def drop_after_fifth(b: FakeOpenAI) -> Responder:
+        return faulty_endpoint({n: drop() for n in range(6, 1000)})
+
+    pooled = run_as_one_endpoint_would(dirs, count, tmp_path, caplog, (answer, drop_after_fifth))
+    b = pooled.b
     assert any(
         b.base_url in r.getMessage() and "rotation" in r.getMessage() for r in caplog.records
     )
     answered_by_b = [r.body for r in b.chat_requests[:5]]
-    assert answered_by_b and len(a.chat_requests) > len(answered_by_b)
+    assert answered_by_b and len(pooled.a.chat_requests) > len(answered_by_b)
 
 
 def test_an_endpoint_shut_down_mid_run_is_taken_out_and_every_page_still_written(
@@ -625,42 +663,27 @@ def test_an_endpoint_shut_down_mid_run_is_taken_out_and_every_page_still_written
     flight (those lose their connection, later ones are refused): the stage writes every
     page's pairs and triples as one endpoint alone does, and the log says the endpoint was
     taken out of rotation."""
-    single = run(ScriptedClient(), dirs, count)
-    expected = {
-        "pairs.jsonl": read_rows(dirs.qa / "pairs.jsonl"),
-        "triples.jsonl": read_rows(dirs.pref / "triples.jsonl"),
-    }
-    other = SynthDirs(dirs.markdown, tmp_path / "qa2", tmp_path / "pref2", tmp_path / "cache2")
-    with serve_fake_openai() as a, serve_fake_openai() as b:
+
+    def answer(body: dict[str, Any]) -> Behaviour:
+        return ok(scripted_reply(body["messages"]), delay_s=0.05)  # keeps calls in flight
+
+    def shut_down_on_sixth(b: FakeOpenAI) -> Responder:
         numbers = itertools.count(1)
 
-        def answer(body: dict[str, Any]) -> Behaviour:
-            return ok(scripted_reply(body["messages"]), delay_s=0.05)  # keeps calls in flight
-
-        def shut_down_on_sixth(body: dict[str, Any]) -> Behaviour:
+        def respond(body: dict[str, Any]) -> Behaviour:
             if next(numbers) == 6:
                 b.stop()
             return answer(body)
 
-        a.responder, b.responder = answer, shut_down_on_sixth
-        endpoint = EndpointParams(
-            base_url=[a.base_url, b.base_url], model=a.model, retries=1, max_failures=2
-        )
-        params = SYNTH.model_copy(update={"endpoint": endpoint})
-        with caplog.at_level(logging.WARNING):
-            report = asyncio.run(run_via_pool(other, params, count))
-        asked_b = len(b.chat_requests)
-    assert report["pages"] == single["pages"] and report["pages_failed"] == 0
-    assert report["calls"]["made"] == single["calls"]["made"]
-    for folder, name in ((other.qa, "pairs.jsonl"), (other.pref, "triples.jsonl")):
-        got = [{**row, "model": None} for row in read_rows(folder / name)]
-        assert got == [{**row, "model": None} for row in expected[name]]
-    assert report["endpoint"]["retries_by_cause"]["failover"] >= 1
+        return respond
+
+    pooled = run_as_one_endpoint_would(dirs, count, tmp_path, caplog, (answer, shut_down_on_sixth))
+    report, asked_b = pooled.report, len(pooled.b.chat_requests)
     taken_out = [
         r.getMessage() for r in caplog.records if "taken out of rotation" in r.getMessage()
     ]
-    assert len(taken_out) == 1 and b.base_url in taken_out[0]
+    assert len(taken_out) == 1 and pooled.b.base_url in taken_out[0]
     assert "1 endpoint(s) left" in taken_out[0]
     # Nothing reached the second endpoint after it went down; the first answered the rest.
-    assert 6 <= asked_b <= 6 + params.endpoint.concurrency
-    assert len(a.chat_requests) >= report["calls"]["made"] - asked_b
+    assert 6 <= asked_b <= 6 + pooled.endpoint.concurrency
+    assert len(pooled.a.chat_requests) >= report["calls"]["made"] - asked_b
