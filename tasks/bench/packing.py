@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence, Sized
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from tasks.datasets.build import (
     render_page_text,
     split_pages,
 )
-from tasks.datasets.packing import pack_documents
+from tasks.datasets.packing import layout_documents
 from tasks.markdown.convert import convert_page
 
 PRODUCTION_LENGTHS = [8192, 32768, 131072]
@@ -59,14 +60,12 @@ def padded_one_per_row(lengths: list[int], seq_len: int) -> float:
     return round(sum(lengths) / slots, 6) if slots else 1.0
 
 
-def measure(tokens: list[list[int]], lengths: list[int], tok: TokenizerInfo, p: DatasetsParams):
+def measure(tokens: Sequence[Sized], lengths: list[int], p: DatasetsParams):
     out: dict[str, Any] = {}
     for seq_len in lengths:
-        _, stats = pack_documents(
+        _, stats = layout_documents(
             tokens,
             seq_len=seq_len,
-            eos_id=tok.eos_id,
-            pad_id=tok.pad_id,
             max_pad_fraction=p.max_pad_fraction,
             lookahead=p.lookahead,
         )
@@ -107,14 +106,14 @@ def main(argv: list[str] | None = None) -> None:
     result["builtin"] = {
         "documents": len(builtin),
         "tokens": sum(map(len, builtin)),
-        "phases": measure(builtin, phases, tok, params),
+        "phases": measure(builtin, phases, params),
     }
     if args.site.is_dir():
         site = tok.encode(read_site_texts(args.site, load_params("markdown", MarkdownParams)))
         result["site"] = {
             "documents": len(site),
             "tokens": sum(map(len, site)),
-            "phases": measure(site, phases + PRODUCTION_LENGTHS, tok, params),
+            "phases": measure(site, phases + PRODUCTION_LENGTHS, params),
         }
     write_json_atomic(args.out, result)
     print(json.dumps(result, indent=2))

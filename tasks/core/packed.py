@@ -3,21 +3,29 @@ data/cpt/<phase>/shard-NNNNN.parquet plus meta.json.
 
 Each row records its segments (document, offset in the document, length; document -1 is
 padding), so training can reset positions and mask attention at document boundaries.
+
+Token ids are int32 (TOKEN_DTYPE) in the shards and, on the writing side, in memory: a shard's
+table can be rendered from its rows' tokens as one array (render_columns) as well as from
+PackedRow lists (render_table), the same bytes either way.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.core.io import replace_folder, write_json_atomic
 
 PAD_DOC = -1
+TOKEN_DTYPE = np.int32  # every tokenizer's vocabulary fits; a quarter of a Python int's size
+TokenIds = npt.NDArray[np.int32]
 
 
 @dataclass(frozen=True)
@@ -49,7 +57,7 @@ class PhaseMeta:
 
 SCHEMA = pa.schema(
     [
-        ("input_ids", pa.list_(pa.int32())),
+        ("input_ids", pa.list_(pa.from_numpy_dtype(TOKEN_DTYPE))),
         ("segment_docs", pa.list_(pa.int32())),
         ("segment_starts", pa.list_(pa.int32())),
         ("segment_lengths", pa.list_(pa.int32())),
@@ -69,18 +77,53 @@ def render_table(rows: Sequence[PackedRow]) -> pa.Table:
     )
 
 
+def render_columns(input_ids: TokenIds, rows: Sequence[Sequence[Segment]]) -> pa.Table:
+    """The table render_table makes of the same rows, from their tokens end to end and each
+    row's segments: the tokens go to Arrow as one array, never one Python int each."""
+    lengths = np.array([sum(s.length for s in row) for row in rows], dtype=np.int64)
+    if int(lengths.sum()) != len(input_ids):
+        raise ValueError(f"{len(input_ids)} token ids for rows of {int(lengths.sum())} tokens")
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    ids = pa.ListArray.from_arrays(
+        pa.array(offsets, type=pa.int32()),  # raises rather than wraps past 2^31 tokens
+        pa.array(np.asarray(input_ids, dtype=TOKEN_DTYPE)),
+    )
+    segments = {
+        "segment_docs": [[s.doc for s in row] for row in rows],
+        "segment_starts": [[s.start for s in row] for row in rows],
+        "segment_lengths": [[s.length for s in row] for row in rows],
+    }
+    columns = [ids, *(pa.array(v, type=pa.list_(pa.int32())) for v in segments.values())]
+    return pa.Table.from_arrays(columns, schema=SCHEMA)
+
+
 def write_phase(
     phase_dir: Path, rows: Sequence[PackedRow], meta: PhaseMeta, shard_rows: int
 ) -> PhaseMeta:
     """Shards and meta.json into a fresh folder that replaces phase_dir in one rename, so a
     killed run leaves the previous phase or the new one, never a mix."""
-    starts = range(0, len(rows), shard_rows)
+    return write_phase_tables(
+        phase_dir, len(rows), lambda first, stop: render_table(rows[first:stop]), meta, shard_rows
+    )
+
+
+def write_phase_tables(
+    phase_dir: Path,
+    n_rows: int,
+    render_shard: Callable[[int, int], pa.Table],
+    meta: PhaseMeta,
+    shard_rows: int,
+) -> PhaseMeta:
+    """write_phase for rows that exist only one shard at a time: `render_shard(first, stop)`
+    is the table of rows first..stop-1, rendered when its shard is written."""
+    starts = range(0, n_rows, shard_rows)
     shards = [f"shard-{n:05d}.parquet" for n in range(len(starts))]
-    written = PhaseMeta(**{**asdict(meta), "shards": shards, "rows": len(rows)})
+    written = PhaseMeta(**{**asdict(meta), "shards": shards, "rows": n_rows})
 
     def fill(folder: Path) -> None:
         for name, first in zip(shards, starts, strict=True):
-            pq.write_table(render_table(rows[first : first + shard_rows]), folder / name)
+            table = render_shard(first, min(first + shard_rows, n_rows))
+            pq.write_table(table, folder / name)
         write_json_atomic(folder / "meta.json", asdict(written))
 
     replace_folder(phase_dir, fill)

@@ -28,7 +28,7 @@ import importlib.util
 import json
 import pickle
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,7 +38,7 @@ import numpy as np
 from tasks.core.cluster import run_batches, split_batches
 from tasks.core.documents import read_pages
 from tasks.core.io import read_jsonl, replace_folder, write_json_atomic, write_jsonl_atomic
-from tasks.core.packed import PhaseMeta, write_phase
+from tasks.core.packed import TOKEN_DTYPE, PhaseMeta, TokenIds
 from tasks.core.params import ClusterParams, CompetencyMix, DatasetsParams, PhaseParams
 from tasks.core.records import (
     DOMAIN_PREF,
@@ -65,10 +65,11 @@ from tasks.datasets.chat_sets import (
     summarize_competencies,
 )
 from tasks.datasets.dedup import Signature, compute_signature, match_signatures
-from tasks.datasets.packing import pack_documents
+from tasks.datasets.packing import layout_documents, write_packed_phase
 from tasks.datasets.pii import scrub_pii
 
-Encode = Callable[[list[str]], list[list[int]]]
+# The token ids of each text, as lists or as arrays (build_corpus turns them into arrays).
+Encode = Callable[[list[str]], Sequence[Sequence[int] | TokenIds]]
 S = TypeVar("S")
 T = TypeVar("T")
 
@@ -417,7 +418,12 @@ def interleave(domain: list[int], general: list[int]) -> list[int]:
 @dataclass(frozen=True)
 class Corpus:
     documents: list[CptDocument]
-    tokens: list[list[int]]
+    tokens: list[TokenIds]  # one int32 array per document: 4 bytes a token
+
+
+def to_token_arrays(encoded: Sequence[Sequence[int] | TokenIds]) -> list[TokenIds]:
+    """Each text's ids as an int32 array (no copy where they are one already)."""
+    return [np.asarray(ids, dtype=TOKEN_DTYPE) for ids in encoded]
 
 
 def build_corpus(
@@ -426,8 +432,8 @@ def build_corpus(
     train = [p for p in train if p.in_cpt]
     texts = [render_page_text(p) for p in train]
     # One call for pages and general text: on a cluster, one round of batches.
-    encoded = encode(texts + general)
-    token_lists, general_tokens = encoded[: len(texts)], encoded[len(texts) :]
+    encoded = to_token_arrays(encode(texts + general))
+    doc_tokens, general_tokens = encoded[: len(texts)], encoded[len(texts) :]
     docs = [
         CptDocument(
             id=p.doc.id,
@@ -437,23 +443,23 @@ def build_corpus(
             pairs=len(p.pairs),
             tokens=len(t),
         )
-        for p, t in zip(train, token_lists, strict=True)
+        for p, t in zip(train, doc_tokens, strict=True)
     ]
     if general:
         n = take_general(
             general,
             [len(t) for t in general_tokens],
-            sum(map(len, token_lists)),
+            sum(map(len, doc_tokens)),
             params.general_text.ratio,
         )
         docs += [
             CptDocument(id=text_id("general", t), kind="general", tokens=len(ids))
             for t, ids in zip(general[:n], general_tokens[:n], strict=True)
         ]
-        token_lists += general_tokens[:n]
+        doc_tokens += general_tokens[:n]
         order = interleave(list(range(len(texts))), list(range(len(texts), len(docs))))
-        docs, token_lists = [docs[i] for i in order], [token_lists[i] for i in order]
-    return Corpus(docs, token_lists)
+        docs, doc_tokens = [docs[i] for i in order], [doc_tokens[i] for i in order]
+    return Corpus(docs, doc_tokens)
 
 
 def write_cpt(
@@ -467,11 +473,9 @@ def write_cpt(
     write_jsonl_atomic(cpt_dir / "documents.jsonl", (d.model_dump() for d in corpus.documents))
     report = {}
     for phase in phases:
-        rows, stats = pack_documents(
+        layout, stats = layout_documents(
             corpus.tokens,
             seq_len=phase.seq_len,
-            eos_id=tokenizer.eos_id,
-            pad_id=tokenizer.pad_id,
             max_pad_fraction=params.max_pad_fraction,
             lookahead=params.lookahead,
         )
@@ -481,11 +485,11 @@ def write_cpt(
             eos_id=tokenizer.eos_id,
             pad_id=tokenizer.pad_id,
             tokenizer=tokenizer.name,
-            rows=len(rows),
+            rows=len(layout),
             shards=[],
             stats=asdict(stats),
         )
-        write_phase(cpt_dir / phase.name, rows, meta, params.shard_rows)
+        write_packed_phase(cpt_dir / phase.name, corpus.tokens, layout, meta, params.shard_rows)
         report[phase.name] = asdict(stats)
     return report
 
@@ -500,13 +504,40 @@ class TokenizerInfo:
 
 @dataclass(frozen=True)
 class EncodeWithTransformers:
-    """A transformers tokenizer's ids for each text, without special tokens; a callable that
-    pickles (a closure would not), so that it can be sent to cluster workers."""
+    """A transformers tokenizer's ids for each text, without special tokens, as int32 arrays;
+    a callable that pickles (a closure would not), so that it can be sent to cluster workers.
+
+    The texts go to the tokenizer in slices of about `slice_chars` characters, each slice's
+    ids made arrays before the next: what the tokenizer builds on the way (its encodings, then
+    Python lists of ints) costs over 100 bytes a token, so it is paid for one slice (a few
+    tens of MB) instead of for the whole corpus."""
 
     tokenizer: Any
+    slice_chars: int = 2_000_000  # about 500K tokens
 
-    def __call__(self, texts: list[str]) -> list[list[int]]:
-        return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    def __call__(self, texts: list[str]) -> list[TokenIds]:
+        out: list[TokenIds] = []
+        for piece in split_by_size(texts, self.slice_chars):
+            encoded = self.tokenizer(
+                piece,
+                add_special_tokens=False,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )
+            out += to_token_arrays(encoded["input_ids"])
+        return out
+
+
+def split_by_size(texts: list[str], chars: int) -> Iterator[list[str]]:
+    """Consecutive texts in slices of at most `chars` characters (or one longer text)."""
+    start = size = 0
+    for end, text in enumerate(texts):
+        if end > start and size + len(text) > chars:
+            yield texts[start:end]
+            start, size = end, 0
+        size += len(text)
+    if start < len(texts):
+        yield texts[start:]
 
 
 def load_base_tokenizer(model_dir: Path) -> TokenizerInfo:
@@ -541,14 +572,14 @@ def pickle_encode(encode: Encode) -> EncodeSetup:
 _encoders: dict[str, Encode] = {}
 
 
-def encode_batch(setup: EncodeSetup, pages: list[str]) -> list[list[int]]:
+def encode_batch(setup: EncodeSetup, pages: list[str]) -> list[Sequence[int] | TokenIds]:
     """The texts' token ids (on a cluster worker)."""
     encode = _encoders.get(setup.digest)
     if encode is None:
         encode = pickle.loads(setup.encode)
         _encoders.clear()  # a long-lived worker keeps only the latest tokenizer
         _encoders[setup.digest] = encode
-    return encode(pages)
+    return list(encode(pages))
 
 
 def choose_encode(tokenizer: TokenizerInfo, cluster: ClusterParams) -> Encode:

@@ -10,16 +10,34 @@ row are always continued. So every row but the last is exactly `seq_len` tokens 
 `max_pad_fraction` padding; the last row is as long as what is left, never padded, and runs as
 is (micro-batches of long sequences hold one row).
 
+Packing decides only where each piece goes (a row's segments: document, offset, length), from
+the documents' lengths. Tokens stay in the documents, one int32 array each, until a shard is
+written: then that shard's rows are copied out of them, the EOS put at each document's end on
+the way, so neither the corpus with its EOS nor a phase's rows is ever held a second time.
+
 The rows and their shard format live in tasks.core.packed, which the CPT trainer reads.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass
+from pathlib import Path
 
-from tasks.core.packed import PAD_DOC, PackedRow, Segment
+import numpy as np
+import pyarrow as pa
+
+from tasks.core.packed import (
+    PAD_DOC,
+    TOKEN_DTYPE,
+    PackedRow,
+    PhaseMeta,
+    Segment,
+    TokenIds,
+    render_columns,
+    write_phase_tables,
+)
 
 
 @dataclass(frozen=True)
@@ -37,76 +55,73 @@ class PackStats:
 
 
 class RowBuilder:
-    """The rows so far and the one being filled."""
+    """The rows so far, as segments, and the one being filled. Rows hold no tokens: they are
+    copied out of the documents when a shard is written (render_tokens)."""
 
-    def __init__(self, seq_len: int, pad_id: int) -> None:
+    def __init__(self, seq_len: int) -> None:
         self.seq_len = seq_len
-        self.pad_id = pad_id
-        self.rows: list[PackedRow] = []
-        self.row = PackedRow()
+        self.rows: list[list[Segment]] = []
+        self.row: list[Segment] = []
+        self.filled = 0
 
     @property
     def space(self) -> int:
-        return self.seq_len - len(self.row.input_ids)
+        return self.seq_len - self.filled
 
-    def add(self, doc: int, tokens: Sequence[int], start: int, length: int) -> None:
-        self.row.input_ids.extend(tokens[start : start + length])
-        self.row.segments.append(Segment(doc, start, length))
+    def add(self, doc: int, start: int, length: int) -> None:
+        self.row.append(Segment(doc, start, length))
+        self.filled += length
         if self.space == 0:
             self.close()
 
     def pad(self) -> None:
         gap = self.space
-        self.row.input_ids.extend([self.pad_id] * gap)
-        self.row.segments.append(Segment(PAD_DOC, 0, gap))
+        self.row.append(Segment(PAD_DOC, 0, gap))
+        self.filled += gap
         self.close()
 
     def close(self) -> None:
-        if self.row.input_ids:
+        if self.filled:
             self.rows.append(self.row)
-        self.row = PackedRow()
+        self.row, self.filled = [], 0
 
 
-def with_eos(docs: Sequence[Sequence[int]], eos_id: int) -> list[list[int]]:
-    return [[*d, eos_id] for d in docs]
-
-
-def find_filler(streams: list[list[int]], pending: deque[int], space: int, window: int) -> int:
-    """The first of the next `window` pending documents (after the head) that fits the gap."""
+def find_filler(streams: Sequence[int], pending: deque[int], space: int, window: int) -> int:
+    """The first of the next `window` pending documents (after the head) whose stream (tokens
+    and EOS) fits the gap."""
     for k in range(1, min(window + 1, len(pending))):
-        if len(streams[pending[k]]) <= space:
+        if streams[pending[k]] <= space:
             return k
     return -1
 
 
-def pack_documents(
-    docs: Sequence[Sequence[int]],
+def layout_documents(
+    docs: Sequence[Sized],
     *,
     seq_len: int,
-    eos_id: int,
-    pad_id: int,
     max_pad_fraction: float = 0.02,
     lookahead: int = 8,
-) -> tuple[list[PackedRow], PackStats]:
-    """Rows of at most seq_len tokens holding every document (+ EOS) exactly once."""
+) -> tuple[list[list[Segment]], PackStats]:
+    """Each row's segments, for rows of at most seq_len tokens holding every document (+ EOS)
+    exactly once; only the documents' lengths matter."""
     if seq_len < 1:
         raise ValueError(f"seq_len must be positive, got {seq_len}")
-    streams = with_eos(docs, eos_id)
-    out = RowBuilder(seq_len, pad_id)
+    streams = [len(d) + 1 for d in docs]
+    out = RowBuilder(seq_len)
     pending = deque(range(len(streams)))
     max_gap = int(max_pad_fraction * seq_len)
     moved = split = 0
     while pending:
         head = pending[0]
-        n = len(streams[head])
+        n = streams[head]
         if n <= out.space:
-            out.add(pending.popleft(), streams[head], 0, n)
+            out.add(pending.popleft(), 0, n)
             continue
         k = find_filler(streams, pending, out.space, lookahead)
         if k > 0:
             doc = pending[k]
             del pending[k]
-            out.add(doc, streams[doc], 0, len(streams[doc]))
+            out.add(doc, 0, streams[doc])
             moved += 1
         elif n <= seq_len and out.space <= max_gap:
             out.pad()
@@ -116,17 +131,77 @@ def pack_documents(
             start = 0
             while start < n:
                 take = min(out.space, n - start)
-                out.add(head, streams[head], start, take)
+                out.add(head, start, take)
                 start += take
     out.close()
     return out.rows, summarize_rows(out.rows, seq_len, len(streams), split, moved)
 
 
+def render_tokens(
+    docs: Sequence[Sequence[int] | TokenIds],
+    rows: Sequence[Sequence[Segment]],
+    eos_id: int,
+    pad_id: int,
+) -> TokenIds:
+    """The rows' tokens end to end, copied out of the documents. Documents are stored without
+    their EOS: a segment that runs one token past its document's end ends with the EOS."""
+    out = np.empty(sum(s.length for row in rows for s in row), dtype=TOKEN_DTYPE)
+    pos = 0
+    for row in rows:
+        for seg in row:
+            end = pos + seg.length
+            if seg.doc == PAD_DOC:
+                out[pos:end] = pad_id
+            else:
+                body = docs[seg.doc][seg.start : seg.start + seg.length]
+                out[pos : pos + len(body)] = body
+                if len(body) < seg.length:
+                    out[end - 1] = eos_id
+            pos = end
+    return out
+
+
+def pack_documents(
+    docs: Sequence[Sequence[int] | TokenIds],
+    *,
+    seq_len: int,
+    eos_id: int,
+    pad_id: int,
+    max_pad_fraction: float = 0.02,
+    lookahead: int = 8,
+) -> tuple[list[PackedRow], PackStats]:
+    """Rows of at most seq_len tokens holding every document (+ EOS) exactly once, each row's
+    tokens as a list (as read_phase_rows gives them back). The datasets stage itself writes
+    from the layout (write_packed_phase) and never holds a phase's rows as lists."""
+    layout, stats = layout_documents(
+        docs, seq_len=seq_len, max_pad_fraction=max_pad_fraction, lookahead=lookahead
+    )
+    rows = [PackedRow(render_tokens(docs, [row], eos_id, pad_id).tolist(), row) for row in layout]
+    return rows, stats
+
+
+def write_packed_phase(
+    phase_dir: Path,
+    docs: Sequence[TokenIds],
+    layout: Sequence[Sequence[Segment]],
+    meta: PhaseMeta,
+    shard_rows: int,
+) -> PhaseMeta:
+    """The phase's shards, each shard's tokens copied out of the documents as it is written,
+    so only one shard's tokens exist beside the documents at a time."""
+
+    def render_shard(first: int, stop: int) -> pa.Table:
+        rows = layout[first:stop]
+        return render_columns(render_tokens(docs, rows, meta.eos_id, meta.pad_id), rows)
+
+    return write_phase_tables(phase_dir, len(layout), render_shard, meta, shard_rows)
+
+
 def summarize_rows(
-    rows: Sequence[PackedRow], seq_len: int, documents: int, split: int, moved: int
+    rows: Sequence[Sequence[Segment]], seq_len: int, documents: int, split: int, moved: int
 ) -> PackStats:
-    pad = sum(s.length for r in rows for s in r.segments if s.doc == PAD_DOC)
-    slots = sum(len(r.input_ids) for r in rows)
+    pad = sum(s.length for row in rows for s in row if s.doc == PAD_DOC)
+    slots = sum(s.length for row in rows for s in row)
     real = slots - pad
     return PackStats(
         seq_len=seq_len,

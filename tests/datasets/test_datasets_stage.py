@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +15,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tasks.core.documents import read_pages
 from tasks.core.io import read_jsonl, write_jsonl_atomic
-from tasks.core.packed import PAD_DOC, read_phase_meta, read_phase_rows
+from tasks.core.packed import PAD_DOC, TOKEN_DTYPE, read_phase_meta, read_phase_rows
 from tasks.core.params import DatasetsParams, ParamsError, load_params
 from tasks.core.records import DOMAIN_PREF, TripleKind
-from tasks.datasets.build import interleave, page_draw, split_pages
+from tasks.core.tokens import resolve_tokenizer
+from tasks.datasets.build import (
+    EncodeWithTransformers,
+    attach_generated,
+    build_corpus,
+    interleave,
+    load_base_tokenizer,
+    page_draw,
+    render_page_text,
+    split_by_size,
+    split_pages,
+)
 from tests.support.datasets_inputs import (
     MIX,
     PHASES,
@@ -385,3 +398,38 @@ def test_a_probe_stays_a_probe_when_records_are_added() -> None:
     large = draw_probes(keys, 0.25, 7)
     assert small == {k for k in large if k in keys[:100]}
     assert 30 <= len(large) <= 70
+
+
+def test_corpus_tokens_are_int32_arrays_of_the_encoded_ids(tmp_path: Path) -> None:
+    # 4 bytes a token in memory, the type the shards hold, whatever the encoder returns
+    dirs = write_inputs(tmp_path, [page_body(n) for n in range(3)])
+    pages = attach_generated(read_pages(dirs.markdown), [], [])
+    corpus = build_corpus(pages, [], DatasetsParams(), encode_words)
+    assert all(isinstance(t, np.ndarray) and t.dtype == TOKEN_DTYPE for t in corpus.tokens)
+    assert [t.tolist() for t in corpus.tokens] == encode_words([render_page_text(p) for p in pages])
+    assert [d.tokens for d in corpus.documents] == [len(t) for t in corpus.tokens]
+
+
+def test_the_base_tokenizer_encodes_slice_by_slice_into_the_ids_of_one_call() -> None:
+    encode = load_base_tokenizer(
+        resolve_tokenizer(None, Path(".cache/tokenizers"))[0].parent
+    ).encode
+    assert isinstance(encode, EncodeWithTransformers)
+    texts = [page_body(n, words=3 * n) for n in range(7)] + ["", "naïve café ✓ `SELECT 1;`"]
+    sliced = replace(encode, slice_chars=100)(texts)  # several slices of the nine texts
+    assert all(t.dtype == TOKEN_DTYPE for t in sliced)
+    whole = encode.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    assert [t.tolist() for t in sliced] == whole
+
+
+@settings(max_examples=100, deadline=None)
+@given(lengths=st.lists(st.integers(0, 50), max_size=30), chars=st.integers(1, 120))
+def test_texts_go_to_the_tokenizer_whole_in_order_and_in_bounded_slices(
+    lengths: list[int], chars: int
+) -> None:
+    texts = [str(k % 10) * n for k, n in enumerate(lengths)]
+    slices = list(split_by_size(texts, chars))
+    assert [t for piece in slices for t in piece] == texts
+    assert all(piece for piece in slices)
+    # a slice passes the bound only when it is one text longer than the bound by itself
+    assert all(sum(map(len, p)) <= chars or len(p) == 1 for p in slices)

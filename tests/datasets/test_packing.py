@@ -1,22 +1,27 @@
 """Packing documents into training rows: nothing lost or duplicated, boundaries where
-documents end, efficiency computed from what was written, and shards read back intact."""
+documents end, efficiency computed from what was written, and shards read back intact, the
+same bytes whether written from int32 document arrays (as the datasets stage does) or from
+rows of Python lists."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tasks.core.packed import (
     PAD_DOC,
+    TOKEN_DTYPE,
     PackedRow,
     PhaseMeta,
     read_phase_meta,
     read_phase_rows,
     write_phase,
 )
-from tasks.datasets.packing import pack_documents
+from tasks.datasets.packing import layout_documents, pack_documents, write_packed_phase
 
 EOS, PAD = 0, 1
 
@@ -134,3 +139,46 @@ def test_shards_round_trip(tmp_path: Path) -> None:
         "meta.json",
         "shard-00000.parquet",
     ]
+
+
+def render_rows_as_lists(docs: list[list[int]], seq_len: int, lookahead: int) -> list[PackedRow]:
+    """The rows of the layout the straightforward way: every document copied with its EOS,
+    each row's tokens a list of its segments' slices."""
+    layout, _ = layout_documents(docs, seq_len=seq_len, max_pad_fraction=0.1, lookahead=lookahead)
+    streams = [[*d, EOS] for d in docs]
+    rows = []
+    for segments in layout:
+        ids: list[int] = []
+        for s in segments:
+            ids += [PAD] * s.length if s.doc == PAD_DOC else streams[s.doc][s.start :][: s.length]
+        rows.append(PackedRow(ids, list(segments)))
+    return rows
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lengths=lengths_st,
+    seq_len=st.integers(8, 256),
+    lookahead=st.integers(0, 4),
+    shard_rows=st.integers(1, 5),
+)
+def test_shards_written_from_int32_documents_are_the_bytes_of_rows_written_as_lists(
+    lengths: list[int], seq_len: int, lookahead: int, shard_rows: int
+) -> None:
+    # ids up to the top of int32, so a narrower or sign-changing copy would show
+    docs = [[2**31 - 1 - t for t in doc] for doc in make_docs(lengths)]
+    arrays = [np.array(d, dtype=TOKEN_DTYPE) for d in docs]
+    layout, stats = layout_documents(
+        arrays, seq_len=seq_len, max_pad_fraction=0.1, lookahead=lookahead
+    )
+    expected = render_rows_as_lists(docs, seq_len, lookahead)
+    meta = PhaseMeta("p", seq_len, EOS, PAD, "test", 0, [], {"rows": stats.rows})
+    with tempfile.TemporaryDirectory() as tmp:
+        lists = write_phase(Path(tmp) / "lists", expected, meta, shard_rows)
+        written = write_packed_phase(Path(tmp) / "arrays", arrays, layout, meta, shard_rows)
+        assert written == lists and written.rows == len(expected)
+        for name in [*written.shards, "meta.json"]:
+            assert (Path(tmp) / "arrays" / name).read_bytes() == (
+                Path(tmp) / "lists" / name
+            ).read_bytes()
+        assert list(read_phase_rows(Path(tmp) / "arrays")) == expected
