@@ -379,7 +379,7 @@ def test_retried_endpoint_faults_are_counted_by_cause_and_logged(
     faults = {
         3: status(429, retry_after=0.05),
         7: status(500),
-        11: sleep(3.0),  # over timeout_s
+        11: sleep(8.0),  # over timeout_s, by more than a loaded machine adds
         15: drop(),
         19: malformed("not_json"),
         23: malformed("no_choices"),
@@ -388,7 +388,7 @@ def test_retried_endpoint_faults_are_counted_by_cause_and_logged(
     with serve_fake_openai() as fake:
         fake.responder = faulty_endpoint(faults)
         endpoint = EndpointParams(
-            base_url=fake.base_url, model=fake.model, concurrency=3, retries=2, timeout_s=2.0
+            base_url=fake.base_url, model=fake.model, concurrency=3, retries=2, timeout_s=6.0
         )
         params = SYNTH.model_copy(update={"endpoint": endpoint})
         report = asyncio.run(run_via_fast_client(dirs, params, count))
