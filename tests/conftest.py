@@ -8,7 +8,7 @@ import pytest
 
 from tests.support.docsite import DocSite, serve_site
 
-pytest_plugins = ["tests.support.llm_fixtures"]
+pytest_plugins = ["tests.support.llm_fixtures", "tests.support.cluster"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

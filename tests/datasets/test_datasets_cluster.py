@@ -5,12 +5,9 @@ as the default run in this process; an unreachable scheduler fails before anythi
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from prefect.client.schemas.objects import State, TaskRun
 
 from tasks.core.cluster import ClusterError
 from tasks.core.io import read_jsonl, write_jsonl_atomic
@@ -18,20 +15,11 @@ from tasks.core.params import ClusterParams, DatasetsParams, PathsParams
 from tasks.core.procs import free_port
 from tasks.core.tokens import resolve_tokenizer
 from tasks.datasets.build import DatasetDirs, build_datasets, load_base_tokenizer
+from tests.support.cluster import read_task_runs, without_timings
 from tests.support.datasets_inputs import MIX, PHASES, page_body, write_inputs
 
 TOKENIZER_CACHE = Path(".cache/tokenizers")
 GENERAL_TEXTS = 5
-
-
-@pytest.fixture(scope="module")
-def scheduler() -> Iterator[str]:
-    from distributed import LocalCluster
-
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    ) as cluster:
-        yield cluster.scheduler_address
 
 
 @pytest.fixture(scope="module")
@@ -66,19 +54,6 @@ def snapshot(dirs: DatasetDirs) -> dict[str, bytes]:
     root = dirs.eval.parent
     files = (f for d in (dirs.eval, dirs.cpt, dirs.sft, dirs.orpo) for f in d.rglob("*"))
     return {str(f.relative_to(root)): f.read_bytes() for f in sorted(files) if f.is_file()}
-
-
-def without_timings(report: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in report.items() if k != "wall_s"}
-
-
-def read_task_runs(state: State) -> list[TaskRun]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    flow_run = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
-    with get_client(sync_client=True) as client:
-        return client.read_task_runs(flow_run_filter=flow_run)
 
 
 def count_runs(names: list[str], task_name: str) -> tuple[int, int]:

@@ -5,45 +5,20 @@ fails before any work with one line naming `cluster.address`."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from prefect.client.schemas.objects import State, TaskRun
 
 from tasks.core.cluster import ClusterError, require_scheduler
 from tasks.core.params import ClusterParams, PathsParams
 from tasks.core.procs import free_port
 from tasks.markdown.build import build_markdown
+from tests.support.cluster import read_task_runs, without_timings
 from tests.support.fixture_site import FIXTURE_SITE, PARAMS, crawl
-
-
-@pytest.fixture(scope="module")
-def scheduler() -> Iterator[str]:
-    from distributed import LocalCluster
-
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    ) as cluster:
-        yield cluster.scheduler_address
-
-
-def read_task_runs(state: State) -> list[TaskRun]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    flow_run = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
-    with get_client(sync_client=True) as client:
-        return client.read_task_runs(flow_run_filter=flow_run)
 
 
 def snapshot(md_dir: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(md_dir.iterdir())}
-
-
-def without_timings(report: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in report.items() if k != "wall_s"}
 
 
 def test_the_stage_on_a_dask_cluster_writes_the_same_files_as_on_this_machine(
