@@ -40,13 +40,6 @@ from tasks.eval.run import (
 )
 
 
-def pipeline_models(params: Params) -> dict[str, Path]:
-    """Every model the pipeline writes, in stage order."""
-    models = {"base": params.paths.base_model}
-    models |= {f"cpt/{p.name}": params.cpt.output / p.name for p in params.cpt.phases}
-    return models | {"sft": params.sft.output / "model", "orpo": params.orpo.output / "model"}
-
-
 @task(name="measure-models", cache_policy=NO_CACHE)
 def measure(refs: list[ModelRef], inputs: EvalInputs, params: Params) -> list[ModelResults]:
     general = read_general_text(params.eval.general_text)
@@ -66,7 +59,7 @@ def judge(
 def eval_flow(params: Params) -> dict[str, Any]:
     """Measure every stage's model against the base on held-out pages and knowledge probes."""
     started, log = time.monotonic(), get_run_logger()
-    refs = resolve_models(pipeline_models(params), params.eval.models)
+    refs = resolve_models(params.model_folders(), params.eval.models)
     inputs = read_eval_inputs(params.paths.eval, list(params.eval.sets))
     log.info("%d models, %d questions", len(refs), len(inputs.questions))
     results = measure(refs, inputs, params)
