@@ -2,7 +2,7 @@
 docs sites of 1K, 10K and 100K pages, then a no-op `dvc status` and `dvc repro`.
 
 Usage: python -m tasks.bench.scale --pages 1000 10000 100000 [--stand-ins-from 100000]
-       [--work DIR] [--out FILE.json] [--keep]
+       [--crawl-stand-in-sizes] [--work DIR] [--out FILE.json] [--keep]
 
 Per size: a site built from the PostgreSQL manual (tasks.bench.scale_site) is served by
 `python -m http.server` in its own process (so the server does not share the crawler's GIL),
@@ -13,7 +13,9 @@ builds the CPT corpus and empty SFT/ORPO sets. The base model is the default tok
 Each stage's own wall time (its report) is kept apart from the whole `dvc repro STAGE`, which
 adds Prefect's start and DVC hashing and caching the outputs. From --stand-ins-from pages up,
 the stages are not run: their outputs are written straight from the generator
-(tasks.bench.scale_outputs) and only the no-op commands are timed. Sizes measured earlier stay
+(tasks.bench.scale_outputs) and only the no-op commands are timed; with
+--crawl-stand-in-sizes the crawl stage runs there too and only the markdown stage's outputs
+are stood in for, written from the pages the crawl stored. Sizes measured earlier stay
 in the output file; reports/bench_scale.md holds the same table.
 """
 
@@ -36,7 +38,7 @@ from typing import Any
 import requests
 import yaml
 
-from tasks.bench.scale_outputs import write_stand_ins
+from tasks.bench.scale_outputs import write_markdown_stand_ins, write_stand_ins
 from tasks.bench.scale_site import Source, order_by_links, plan_layout, write_site
 from tasks.core.io import write_bytes_atomic, write_json_atomic
 from tasks.core.procs import start_process, stop_process_group
@@ -219,9 +221,10 @@ def run_size(pages: int, work: Path, port: int) -> dict[str, Any]:
     return row
 
 
-def run_stand_in_size(pages: int, work: Path, port: int) -> dict[str, Any]:
-    """One size without running the stages: data/raw and data/markdown written straight from
-    the generator (tasks.bench.scale_outputs), `dvc commit` to record them, then the no-op
+def run_stand_in_size(pages: int, work: Path, port: int, crawl: bool = False) -> dict[str, Any]:
+    """One size without running the markdown stage (nor, unless `crawl`, the crawl stage):
+    its outputs written straight from the generator (tasks.bench.scale_outputs) or, after a
+    real crawl, from the pages it stored; `dvc commit` to record them, then the no-op
     `dvc status` and `dvc repro` of the crawl and markdown stages."""
     root = work / str(pages)
     shutil.rmtree(root, ignore_errors=True)
@@ -229,27 +232,50 @@ def run_stand_in_size(pages: int, work: Path, port: int) -> dict[str, Any]:
     base = f"http://127.0.0.1:{port}/"
     repo = root / "repo"
     prepare_repo(repo, base + "index.html", pages, STAGES[:2])
-    source = Source.read(SITE)
+    row: dict[str, Any] = {"pages": pages}
     started = time.perf_counter()
-    layout = plan_layout(order_by_links(source.pages), pages)
-    written = write_stand_ins(source, layout, base, repo / "data/raw", repo / "data/markdown")
-    write_s = time.perf_counter() - started
-    for stage in STAGES[:2]:
+    if crawl:
+        write_site(SITE, root / "site", pages, base)
+        row["generate_site_s"] = round(time.perf_counter() - started, 2)
+        with serve_site(root / "site", port):
+            measured = measure_stage(repo, "crawl")
+        row |= summarize_crawl(pages, measured)
+        started = time.perf_counter()
+        row["markdown_pages"] = write_markdown_stand_ins(repo / "data/raw", repo / "data/markdown")
+        stand_ins: tuple[str, ...] = STAGES[1:2]
+        row["outputs"] = "crawl run; markdown stand-ins written by tasks.bench.scale_outputs"
+    else:
+        source = Source.read(SITE)
+        layout = plan_layout(order_by_links(source.pages), pages)
+        written = write_stand_ins(source, layout, base, repo / "data/raw", repo / "data/markdown")
+        row |= {"raw_pages": written.raw_pages, "markdown_pages": written.markdown_pages}
+        stand_ins = STAGES[:2]
+        row["outputs"] = "stand-ins written by tasks.bench.scale_outputs; stages not run"
+    row["write_outputs_s"] = round(time.perf_counter() - started, 2)
+    for stage in stand_ins:
         write_json_atomic(repo / "reports" / f"{stage}.json", {"stand_in": True})
-    commit_s = run_command([sys.executable, "-m", "dvc", "commit", "-f", *STAGES[:2]], repo)
-    return {
-        "pages": pages,
-        "outputs": "stand-ins written by tasks.bench.scale_outputs; stages not run",
+    commit = [sys.executable, "-m", "dvc", "commit", "-f", *stand_ins]
+    return row | {
         "stages": list(STAGES[:2]),
-        "raw_pages": written.raw_pages,
-        "markdown_pages": written.markdown_pages,
+        "stand_ins": list(stand_ins),
         "files": {f: count_files(repo / "data" / f) for f in ("raw", "markdown")},
-        "write_outputs_s": round(write_s, 2),
-        "dvc_commit_s": round(commit_s, 2),
+        "dvc_commit_s": round(run_command(commit, repo), 2),
         "noop": measure_noop(repo),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(),
+    }
+
+
+def summarize_crawl(pages: int, measured: dict[str, Any]) -> dict[str, Any]:
+    """The crawl stage's columns of a size's row (as summarize_size writes them)."""
+    return {
+        "pages_crawled": measured["report"].get("pages"),
+        "crawl_s": measured["stage_s"],
+        "crawl_dvc_repro_s": measured["dvc_repro_s"],
+        "crawl_ms_per_page": round(1000 * measured["stage_s"] / pages, 3),
+        "crawl_dvc_repro_cpu_s": measured["dvc_repro_cpu_s"],
+        "crawl_peak_rss_mb_so_far": measured["peak_rss_mb_so_far"],
     }
 
 
@@ -261,6 +287,14 @@ def read_rows(out: Path) -> dict[str, Any]:
     return rows
 
 
+def describe_outputs(row: dict[str, Any]) -> str:
+    """Which stages a row's figures come from: all run, or some outputs stood in for."""
+    if "outputs" not in row:
+        return "stages"
+    stand_ins = row.get("stand_ins", row.get("stages", []))
+    return "stand-ins: " + ", ".join(stand_ins)
+
+
 def render_table(rows: dict[str, Any]) -> str:
     """One line per size; stages not run at a size (stand-in outputs) show as "-"."""
     columns = [f"{stage}_{x}" for x in ("s", "ms_per_page", "dvc_repro_cpu_s") for stage in STAGES]
@@ -269,7 +303,7 @@ def render_table(rows: dict[str, Any]) -> str:
     lines = [head, "|" + "---|" * (len(columns) + 5)]
     for key in sorted(rows, key=int):
         r = rows[key]
-        cells = [f"{r['pages']:,}", "stand-ins" if "outputs" in r else "stages"]
+        cells = [f"{r['pages']:,}", describe_outputs(r)]
         cells += [str(r.get(c, "-")) for c in columns]
         cells += [str(r["noop"]["dvc_status_s"]), str(r["noop"]["dvc_repro_s"])]
         cells.append(str(r["load_average_after"][0]))
@@ -297,12 +331,20 @@ def main(argv: list[str] | None = None) -> None:
         help="from this size up, write data/raw and data/markdown straight from the generator "
         "instead of running the stages, and measure only the no-op dvc status and repro",
     )
+    parser.add_argument(
+        "--crawl-stand-in-sizes",
+        action="store_true",
+        help="at the --stand-ins-from sizes, run the crawl stage for real and stand in only for "
+        "the markdown stage's outputs (written from the pages the crawl stored)",
+    )
     args = parser.parse_args(argv)
     rows = read_rows(args.out)
     for pages in args.pages:
         stand_ins = args.stand_ins_from is not None and pages >= args.stand_ins_from
-        measure = run_stand_in_size if stand_ins else run_size
-        row = measure(pages, args.work, args.port)
+        if stand_ins:
+            row = run_stand_in_size(pages, args.work, args.port, args.crawl_stand_in_sizes)
+        else:
+            row = run_size(pages, args.work, args.port)
         rows[str(pages)] = row
         write_results(args.out, rows)
         print(json.dumps(row, indent=2), flush=True)

@@ -7,9 +7,10 @@ stages write, of about the same sizes:
 - data/raw: pages/<sha256>.html with the very bytes the server sends (the crawl stores those),
   manifest.jsonl (one OK entry per page, in the site's order; depth is the copy's, not the
   breadth-first depth), an empty exclusions.jsonl;
-- data/markdown: <id>.md per page with the stage's front matter over the page's text with the
-  tags stripped (not the converter's Markdown), index.jsonl, exclusions.jsonl, state.json,
-  profiles.jsonl and template.json of the stage's shapes.
+- data/markdown: <id>.md per page (of the generated site, or of what the crawl stage stored
+  when the bench runs that stage for real) with the stage's front matter over the page's text
+  with the tags stripped (not the converter's Markdown), index.jsonl, exclusions.jsonl,
+  state.json, profiles.jsonl and template.json of the stage's shapes.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tasks.core.documents import render_document
 from tasks.core.io import write_bytes_atomic, write_jsonl_atomic
 from tasks.core.records import ManifestEntry, MarkdownDoc, PageStatus, content_sha, url_id
 from tasks.crawl.crawler import page_file, write_manifest
+from tasks.markdown.build import read_manifest_pages
 
 TAG = re.compile(r"<[^>]*>")
 TITLE = re.compile(r"<title>(.*?)</title>", re.DOTALL)
@@ -67,27 +69,52 @@ def render_markdown(entry: ManifestEntry, text: str) -> tuple[MarkdownDoc, str]:
     return doc, render_document(doc, strip_tags(text))
 
 
+class MarkdownStandIns:
+    """data/markdown written page by page, then its index, state and other files at close."""
+
+    def __init__(self, md: Path) -> None:
+        md.mkdir(parents=True, exist_ok=True)
+        self.md = md
+        self.docs: list[dict[str, object]] = []
+        self.state: dict[str, dict[str, object]] = {}
+
+    def add(self, entry: ManifestEntry, text: str) -> None:
+        doc, document = render_markdown(entry, text)
+        (self.md / f"{entry.id}.md").write_text(document, "utf-8")
+        self.docs.append(doc.model_copy(update={"order": entry.order}).model_dump())
+        self.state[entry.id] = {"id": entry.id, "key": entry.sha256, "doc": doc.model_dump()}
+
+    def close(self) -> int:
+        md, state = self.md, self.state
+        write_jsonl_atomic(md / "index.jsonl", self.docs)
+        write_jsonl_atomic(md / "exclusions.jsonl", [])
+        write_jsonl_atomic(md / "profiles.jsonl", ({"id": k, "profile": {}} for k in sorted(state)))
+        write_bytes_atomic(md / "state.json", json.dumps(state, sort_keys=True).encode("utf-8"))
+        write_bytes_atomic(md / "template.json", b"{}")
+        return len(self.docs)
+
+
 def write_stand_ins(
     source: Source, layout: SiteLayout, base_url: str, raw: Path, md: Path
 ) -> StandIn:
     """data/raw and data/markdown for the whole generated site, page by page."""
     (raw / "pages").mkdir(parents=True, exist_ok=True)
-    md.mkdir(parents=True, exist_ok=True)
-    entries, docs, state = [], [], {}
+    markdown = MarkdownStandIns(md)
+    entries = []
     for order, (path, text) in enumerate(render_site(source, layout)):
         data = text.encode("utf-8")
         entry = build_entry(base_url + path, order, data)
         (raw / (entry.file or "")).write_bytes(data)
-        doc, document = render_markdown(entry, text)
-        (md / f"{entry.id}.md").write_text(document, "utf-8")
+        markdown.add(entry, text)
         entries.append(entry)
-        docs.append(doc.model_copy(update={"order": order}).model_dump())
-        state[entry.id] = {"id": entry.id, "key": entry.sha256, "doc": doc.model_dump()}
     write_manifest(raw, entries)
     write_bytes_atomic(raw / "exclusions.jsonl", b"")
-    write_jsonl_atomic(md / "index.jsonl", docs)
-    write_jsonl_atomic(md / "exclusions.jsonl", [])
-    write_jsonl_atomic(md / "profiles.jsonl", ({"id": k, "profile": {}} for k in sorted(state)))
-    write_bytes_atomic(md / "state.json", json.dumps(state, sort_keys=True).encode("utf-8"))
-    write_bytes_atomic(md / "template.json", b"{}")
-    return StandIn(len(entries), len(docs))
+    return StandIn(len(entries), markdown.close())
+
+
+def write_markdown_stand_ins(raw: Path, md: Path) -> int:
+    """data/markdown for the pages the crawl stage stored in `raw` (its manifest's order)."""
+    markdown = MarkdownStandIns(md)
+    for entry in read_manifest_pages(raw):
+        markdown.add(entry, (raw / (entry.file or "")).read_text("utf-8", "replace"))
+    return markdown.close()

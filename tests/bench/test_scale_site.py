@@ -11,7 +11,7 @@ from urllib.parse import urljoin
 
 import pytest
 
-from tasks.bench.scale_outputs import write_stand_ins
+from tasks.bench.scale_outputs import write_markdown_stand_ins, write_stand_ins
 from tasks.bench.scale_site import (
     FRONT_PAGE,
     Source,
@@ -169,3 +169,19 @@ def test_stand_in_outputs_read_back_as_the_stages_outputs(
     assert all((raw / (e.file or "")).is_file() for e in entries)
     pages = read_pages(md)
     assert len(pages) == 10 and pages[1][0].title.endswith(" 15 (copy 0)")
+
+
+def test_markdown_stand_ins_from_stored_pages_match_the_generators(
+    source_site: Path, tmp_path: Path
+) -> None:
+    """What a real crawl stored (here: the generator's data/raw) gives the same data/markdown
+    as the generator writes beside it, file for file."""
+    source = Source.read(source_site)
+    layout = plan_layout(order_by_links(source.pages), 9)
+    raw, md = tmp_path / "raw", tmp_path / "md"
+    write_stand_ins(source, layout, BASE, raw, md)
+    assert write_markdown_stand_ins(raw, tmp_path / "md2") == 10
+    files = sorted(p.name for p in md.iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "md2").iterdir()) and len(files) == 15
+    for name in files:
+        assert (md / name).read_bytes() == (tmp_path / "md2" / name).read_bytes(), name
