@@ -68,10 +68,8 @@ def scripted_reply(messages: list[dict[str, str]]) -> str:
         return "".join(f"<POINT> {s} <END>\n" for s in (sentences * k)[:k])
     if "<QUE> question <ANS>" in user:
         n = int(re.search(r"Generate exactly (\d+)", user).group(1))  # type: ignore[union-attr]
-        cite = re.search(r"End every answer with the citation (.+)", user).group(1)  # type: ignore[union-attr]
         pairs = [
-            f"<QUE> What should an administrator know about item {i}: {s[:60]}? "
-            f"<ANS> {s} {cite} <END>\n"
+            f"<QUE> What should an administrator know about item {i}: {s[:60]}? <ANS> {s} <END>\n"
             for i, s in enumerate((sentences * n)[:n])
         ]
         return "".join(pairs)

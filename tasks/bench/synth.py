@@ -69,6 +69,7 @@ from tasks.llm.client import (
 )
 from tasks.llm.server import start_llama_server
 from tasks.synth.generate import CallOrder, SynthDirs, read_token_counter, run_synth
+from tasks.synth.prompts import PROMPT_VERSION
 
 # messages, grammar, extra body, JSON schema
 Request = tuple[list[dict[str, str]], str | None, dict[str, Any] | None, dict[str, Any] | None]
@@ -273,6 +274,7 @@ def measure_prompt_order_all_pages(params: SynthParams, md_dir: Path, save: Save
 
 def describe_order_runs(params: SynthParams, sides: dict[str, Any]) -> dict[str, Any]:
     return {
+        "prompt_version": PROMPT_VERSION,
         "pages": params.max_pages,
         "max_attempts": 1,
         "timeout_s": ORDER_TIMEOUT_S,

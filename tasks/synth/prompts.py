@@ -19,8 +19,8 @@ from typing import Literal
 
 from tasks.core.records import Competency, MarkdownDoc, TripleKind
 
-PROMPT_VERSION = "synth-v2"
-SUPPORT_VERSION = "support-v1"
+PROMPT_VERSION = "synth-v3"
+SUPPORT_VERSION = "support-v2"
 
 SYSTEM = "You are {persona}. You are an expert in {domain} and answer precisely."
 
@@ -28,18 +28,23 @@ SYSTEM = "You are {persona}. You are an expert in {domain} and answer precisely.
 # instructions: the system line and the page are then one shared prefix of the chunk's Q/A,
 # points and triple calls, which the server's prefix cache (llama.cpp's slots and host-memory
 # prompt cache, vLLM's automatic prefix caching) prefills once instead of once per call. The
-# block is byte-identical across call kinds, so nothing in it may depend on the call.
+# block is byte-identical across call kinds, so nothing in it may depend on the call. Its lines
+# that are the same on every page of a site (product, version) come before the URL, so a new
+# chunk's first call finds them too in whichever slot it lands.
 PAGE_TEMPLATE = """\
 Below is a page of the {product_version} documentation.
 
-Source URL: {url}
 Product: {product}
 Version: {version}
+Source URL: {url}
 
 Document:
 {document}
 End of the document."""
 
+# The model is not asked to cite: the stage ends every kept answer with the page's own citation
+# (generate.cite_answer), replacing whatever the model wrote, so a URL in the instructions and in
+# every answer would only cost prompt and reply tokens.
 QA_TEMPLATE = """\
 Generate exactly {n} question-answer pairs about the {product_version} documentation page. \
 The questions must be specific, technical and comprehensive, and based solely on the \
@@ -47,10 +52,9 @@ document. The answers must be accurate, sufficiently extensive and directly deri
 text. Focus on what helps an administrator set up, manage or troubleshoot {product}. Every \
 question must make sense on its own, without the page at hand: never write "according to the \
 text" or "in this document".
-End every answer with the citation {citation}
 
 Write each pair on one line, exactly in this format:
-<QUE> question <ANS> answer {citation} <END>"""
+<QUE> question <ANS> answer <END>"""
 
 POINTS_TEMPLATE = """\
 List the {k} main points of the {product_version} documentation page: the facts, settings, \
@@ -60,6 +64,8 @@ self-contained sentence.
 Write each point on one line, exactly in this format:
 <POINT> main point <END>"""
 
+# A triple prompt opens with its point, so a point's two calls (good, then false premise, one
+# after the other) share it and the first sentence after it in the server's prefix cache.
 GOOD_TEMPLATE = """\
 Main point: {point}
 
@@ -74,28 +80,31 @@ Write them on one line, exactly in this format:
 FALSE_PREMISE_TEMPLATE = """\
 Main point: {point}
 
-Write one question that rests on a plausible misunderstanding of this main point of the \
-{product_version} documentation page: a false premise the asker believes is true. Question \
-style: {style}. Then write a corrective answer that politely but firmly points out the \
-mistaken premise and gives the correct information from the page. Then write a sycophantic \
-answer that accepts the false premise and answers as if it were true. The question must make \
-sense on its own, without the page at hand.
+Write one question about this main point of the {product_version} documentation page. The \
+question rests on a plausible misunderstanding of it: a false premise the asker believes is \
+true. Question style: {style}. Then write a corrective answer that politely but firmly points \
+out the mistaken premise and gives the correct information from the page. Then write a \
+sycophantic answer that accepts the false premise and answers as if it were true. The question \
+must make sense on its own, without the page at hand.
 
 Write them on one line, exactly in this format:
 <QUE> question <GOOD> corrective answer <BAD> sycophantic answer <END>"""
 
 # The page comes first, as in every other call for the chunk, so the judge reuses the prefix
-# its generation calls left in the server's cache. The answer is shown without its citation:
-# the citation is the page's own URL, added by the stage, not something the model claimed.
+# its generation calls left in the server's cache; the instructions come before the question
+# and answer, so a chunk's verdicts, asked one after another, share them too. The answer is
+# shown without its citation: the citation is the page's own URL, added by the stage, not
+# something the model claimed.
 SUPPORT_TEMPLATE = """\
+Judge whether the answer below is supported by the {product_version} documentation page above. \
+Reply "yes" only if everything the answer states is said on the page or follows directly from \
+it. Reply "no" if it states anything the page does not say, however plausible it sounds, or \
+contradicts the page.
+
+Reply with JSON only: {{"supported": "yes"}} or {{"supported": "no"}}
+
 Question: {question}
-Answer: {answer}
-
-Is this answer supported by the {product_version} documentation page above? Reply "yes" only \
-if everything the answer states is said on the page or follows directly from it. Reply "no" if \
-it states anything the page does not say, however plausible it sounds, or contradicts the page.
-
-Reply with JSON only: {{"supported": "yes"}} or {{"supported": "no"}}"""
+Answer: {answer}"""
 
 # Yes or no as a string enum rather than a boolean: small models pick a word more reliably.
 SUPPORT_SCHEMA: dict[str, object] = {
@@ -189,7 +198,6 @@ def render_qa_prompt(
         product_version=render_product_version(doc),
         n=n,
         product=doc.product or "the product",
-        citation=render_citation(doc),
     )
     return join_prompt(render_page(doc, document), instructions, order)
 

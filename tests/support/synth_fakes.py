@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -112,10 +111,9 @@ def covering_reply(messages: list[dict[str, str]]) -> str:
     if kind in ("points", "judge"):
         return scripted_reply(messages)
     if kind == "qa":
-        cite = re.search(r"End every answer with the citation (.+)", user).group(1)  # type: ignore[union-attr]
         sections = document_of(messages).split("\n\n## ")
         lines = [s.lstrip("# ").split("\n\n")[-1].rstrip(".") for s in sections]
-        return "".join(f"<QUE> Why is it that {a}? <ANS> {a}. {cite} <END>\n" for a in lines)
+        return "".join(f"<QUE> Why is it that {a}? <ANS> {a}. <END>\n" for a in lines)
     point = user.split("Main point: ", 1)[1].split("\n", 1)[0]
     if "sycophantic" in user:
         return (

@@ -60,9 +60,8 @@ def swapped_then_covering(body: dict[str, Any]) -> Behaviour:
         unsupported = "psql program writes" in judged_answer(messages)
         return ok(json.dumps({"supported": "no" if unsupported else "yes"}))
     if kind == "qa" and body["seed"] == SEED and page_of(user) == "backup.html":
-        cite = user.split("End every answer with the citation ", 1)[1].split("\n", 1)[0]
         question = "Which program writes a consistent snapshot of one database?"
-        return ok(f"<QUE> {question} <ANS> {SWAPPED} {cite} <END>\n")
+        return ok(f"<QUE> {question} <ANS> {SWAPPED} <END>\n")
     return ok(covering_reply(messages))
 
 

@@ -25,6 +25,7 @@ from tasks.synth.generate import (
     synthesize_page,
     synthesize_pages,
 )
+from tasks.synth.prompts import STYLES
 from tests.support.synth_fakes import ScriptedClient, count_words
 
 PAGE_END = "End of the document."
@@ -84,6 +85,39 @@ def test_every_call_of_a_chunk_starts_with_the_same_page_block(tmp_path: Path) -
         assert sorted(set(kinds)) == ["points", "qa", "triple"]
     systems = {messages[0]["content"] for messages in client.prompts}
     assert len(systems) == 1  # the system line too: one prefix for every call of a chunk
+
+
+def shared_prefix(a: str, b: str) -> str:
+    n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    return a[:n]
+
+
+def test_a_points_two_triple_calls_share_the_point_and_their_first_sentence(
+    tmp_path: Path,
+) -> None:
+    """A point's good and false-premise calls go one after the other and share, past the page,
+    the point and the sentence after it; what differs (the kind's own words, the style) comes
+    after that, and the reply's format is the last line."""
+    params = SynthParams(min_points=2, max_points=2, max_attempts=1)
+    body = "## Archiving\n\n" + " ".join(
+        f"Setting number {i} controls how the server archives segment file {i}." for i in range(9)
+    )
+    client = ScriptedClient()
+    work = plan_page(make_doc(1), body, params, count_words)
+    outcome = asyncio.run(synthesize_page(client, work, Settings(params, tmp_path)))
+    assert outcome.error is None
+    calls = [m[-1]["content"] for m in client.prompts if kind_of(m) == "triple"]
+    assert len(calls) == 4  # two points, two kinds each, one after another
+    for good, false_premise in (calls[:2], calls[2:]):
+        assert "wrong answer" in good and "sycophantic" in false_premise
+        point = good.split("Main point: ", 1)[1].split("\n", 1)[0]
+        shared = shared_prefix(good, false_premise).split(PAGE_END, 1)[1]
+        assert shared.startswith(f"\n\nMain point: {point}\n\nWrite one question about this")
+        assert shared.endswith("documentation page. ")
+    for user in calls:
+        rest = user.split("Main point: ", 1)[1].split("documentation page. ", 1)[1]
+        assert any(style in rest for style in STYLES.values())  # after the shared sentence
+        assert user.splitlines()[-1].startswith("<QUE> question <GOOD> ")  # the format, last
 
 
 def test_the_bench_can_still_put_the_page_last(tmp_path: Path) -> None:
